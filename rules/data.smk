@@ -1,0 +1,48 @@
+# Stage: the shapes world. Rendered splits, CompBench-mini prompt files, a coverage note.
+
+
+rule render_dataset:
+    output:
+        split=directory(f"{RESULTS}/data/{{split}}"),
+    params:
+        n=lambda wc: config["data"][wc.split]["n"],
+        seed=lambda wc: config["data"][wc.split]["seed"],
+    log:
+        get_log("render_dataset", "{split}"),
+    benchmark:
+        get_benchmark("render_dataset", "{split}")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../scripts/render_dataset.py"
+
+
+rule make_compbench_prompts:
+    output:
+        **get_compbench_files(),
+    log:
+        get_log("make_compbench_prompts"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/make_compbench_prompts.py"
+
+
+rule data_coverage:
+    input:
+        data=get_split_dir("train"),
+        prompts=list(get_compbench_files().values()),
+    output:
+        report(f"{RESULTS}/data/coverage.md", caption="../report/coverage.rst", category="Data"),
+    log:
+        get_log("data_coverage"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/data_coverage.py"

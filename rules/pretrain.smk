@@ -1,0 +1,49 @@
+# Stage: pre-training of the three miniature denoisers ("the pre-trained models"), and their samples.
+
+
+rule pretrain_base:
+    input:
+        latents=rules.encode_latents.output.latents,
+        data=get_split_dir("train"),
+        vae=get_model_dir("vae"),
+        text_encoder=get_model_dir("text_encoder"),
+    output:
+        model=directory(get_base_dir("{backbone}")),
+    log:
+        get_log("pretrain_base", "{backbone}"),
+    benchmark:
+        get_benchmark("pretrain_base", "{backbone}")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        **gpu_resources(),
+    script:
+        "../scripts/pretrain_base.py"
+
+
+rule sample_base_grid:
+    input:
+        model=get_base_dir("{backbone}"),
+        vae=get_model_dir("vae"),
+        text_encoder=get_model_dir("text_encoder"),
+        prompts=[f for k, f in get_compbench_files().items() if k.endswith("_val")],
+    output:
+        grid=report(
+            f"{RESULTS}/samples/base/{{backbone}}.png",
+            caption="../report/base_samples.rst",
+            category="Foundation",
+            subcategory="Sample grids",
+            labels={"backbone": "{backbone}"},
+        ),
+    log:
+        get_log("sample_base_grid", "{backbone}"),
+    benchmark:
+        get_benchmark("sample_base_grid", "{backbone}")
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        **gpu_resources(),
+    script:
+        "../scripts/sample_grid.py"

@@ -1,0 +1,19 @@
+# Stage: the miniature's CLIP text encoder (trained contrastively, then frozen and shared).
+
+
+rule train_text_encoder:
+    input:
+        data=get_split_dir("train"),
+    output:
+        model=directory(get_model_dir("text_encoder")),
+    log:
+        get_log("train_text_encoder"),
+    benchmark:
+        get_benchmark("train_text_encoder")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        **gpu_resources(),
+    script:
+        "../scripts/train_text_encoder.py"

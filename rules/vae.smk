@@ -1,0 +1,55 @@
+# Stage: the miniature's AutoencoderKL, the cached training latents and the VAE's reconstruction error.
+
+
+rule train_vae:
+    input:
+        data=get_split_dir("train"),
+    output:
+        model=directory(get_model_dir("vae")),
+    log:
+        get_log("train_vae"),
+    benchmark:
+        get_benchmark("train_vae")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        **gpu_resources(),
+    script:
+        "../scripts/train_vae.py"
+
+
+rule encode_latents:
+    input:
+        data=get_split_dir("train"),
+        vae=get_model_dir("vae"),
+    output:
+        latents=f"{RESULTS}/data/train_latents.safetensors",
+    log:
+        get_log("encode_latents"),
+    benchmark:
+        get_benchmark("encode_latents")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+        **gpu_resources(),
+    script:
+        "../scripts/encode_latents.py"
+
+
+rule evaluate_vae:
+    input:
+        data=get_split_dir("reference"),
+        vae=get_model_dir("vae"),
+    output:
+        metrics=f"{RESULTS}/vae/reconstruction.json",
+        figure=report(f"{RESULTS}/vae/reconstruction.png", caption="../report/vae.rst", category="Foundation"),
+    log:
+        get_log("evaluate_vae"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    script:
+        "../scripts/evaluate_vae.py"

@@ -1,0 +1,5 @@
+from tsmflow.training.text_encoder import train_text_encoder
+from tsmflow.workflow import setup
+
+setup(snakemake)
+print(train_text_encoder(snakemake.input.data, snakemake.config["text_encoder"], snakemake.output.model))

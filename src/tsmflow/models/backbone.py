@@ -1,0 +1,212 @@
+"""The backbone factory: one interface over the miniature and the papers' real models.
+
+A `Backbone` bundles a denoiser, its VAE, its prompt encoder and its training
+noise schedule, and hides how each architecture is called:
+
+- ``unet``  UNet2DConditionModel (SD1.5, SD2, the miniature "unet"),
+- ``dit``   PixArtTransformer2DModel (PixArt-alpha, the miniature "dit"),
+- ``mmdit`` SD3Transformer2DModel (SD3, the miniature "mmdit").
+
+Real models load through their diffusers pipeline class from a hub id or a local
+directory (`load_pipeline_backbone`); the miniature loads the components the
+workflow trained (`load_mini_backbone`). Everything after loading is shared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+Cond = dict  # {"hidden": (B, L, D), "mask": (B, L) or None, "pooled": (B, P) or None}
+
+# family -> (diffusers pipeline class, denoiser arch, denoiser attribute on the pipeline)
+FAMILIES = {
+    "sd15": ("StableDiffusionPipeline", "unet", "unet"),
+    "sd2": ("StableDiffusionPipeline", "unet", "unet"),
+    "pixart_alpha": ("PixArtAlphaPipeline", "dit", "transformer"),
+    "sd3": ("StableDiffusion3Pipeline", "mmdit", "transformer"),
+}
+
+
+@dataclass
+class Backbone:
+    arch: str
+    denoiser: nn.Module
+    vae: AutoencoderKL
+    noise_scheduler: object
+    encode_fn: Callable[[list[str]], Cond]
+    text_encoders: list = field(default_factory=list)
+    family: str = "mini"
+
+    @property
+    def objective(self) -> str:
+        if isinstance(self.noise_scheduler, FlowMatchEulerDiscreteScheduler):
+            return "flow"
+        return {"epsilon": "eps", "v_prediction": "v"}[self.noise_scheduler.config.prediction_type]
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.noise_scheduler.config.num_train_timesteps
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c = self.vae.config
+        size = c.sample_size // 2 ** (len(c.block_out_channels) - 1)
+        return (c.latent_channels, size, size)
+
+    def encode(self, prompts: list[str]) -> Cond:
+        return self.encode_fn(list(prompts))
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, denoiser: nn.Module | None = None):
+        return predict(self.arch, denoiser or self.denoiser, x, t, cond)
+
+    def to(self, device, dtype=None):
+        for m in [self.denoiser, self.vae, *self.text_encoders]:
+            m.to(device=device, dtype=dtype) if dtype is not None else m.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+
+def predict(arch: str, denoiser: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+    """One denoiser call with each architecture's own signature; returns the prediction."""
+    t = t.expand(x.shape[0]) if t.ndim == 0 else t
+    if arch == "unet":
+        out = denoiser(x, t, encoder_hidden_states=cond["hidden"]).sample
+    elif arch == "dit":
+        extra = {"resolution": None, "aspect_ratio": None}
+        if denoiser.config.sample_size == 128 or getattr(denoiser, "use_additional_conditions", False):
+            # PixArt-alpha 1024 conditions on the pixel resolution and aspect ratio
+            h, w = x.shape[-2] * 8, x.shape[-1] * 8
+            extra = {"resolution": torch.tensor([[h, w]], device=x.device, dtype=x.dtype).repeat(x.shape[0], 1),
+                     "aspect_ratio": torch.tensor([[w / h]], device=x.device, dtype=x.dtype).repeat(x.shape[0], 1)}
+        out = denoiser(x, encoder_hidden_states=cond["hidden"], encoder_attention_mask=cond.get("mask"),
+                       timestep=t, added_cond_kwargs=extra).sample
+    elif arch == "mmdit":
+        out = denoiser(hidden_states=x, encoder_hidden_states=cond["hidden"],
+                       pooled_projections=cond["pooled"], timestep=t).sample
+    else:
+        raise ValueError(f"unknown arch {arch!r}")
+    if out.shape[1] == 2 * x.shape[1]:  # learned-sigma models (PixArt) also predict a variance
+        out = out[:, : x.shape[1]]
+    return out
+
+
+def cat_cond(a: Cond, b: Cond) -> Cond:
+    """Batch-concatenate two conditions (for classifier-free guidance)."""
+    return {k: (torch.cat([a[k], b[k]]) if a.get(k) is not None else None) for k in a}
+
+
+def repeat_cond(c: Cond, n: int) -> Cond:
+    return {k: (v.expand(n, *v.shape[1:]) if v is not None else None) for k, v in c.items()}
+
+
+# ---------------------------------------------------------------- the miniature
+
+
+def mini_prompt_encoder(tokenizer, text_encoder) -> Callable[[list[str]], Cond]:
+    def encode(prompts: list[str]) -> Cond:
+        tok = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt")
+        dev = next(text_encoder.parameters()).device
+        out = text_encoder(input_ids=tok.input_ids.to(dev), attention_mask=tok.attention_mask.to(dev))
+        return {"hidden": out.last_hidden_state, "mask": tok.attention_mask.to(dev),
+                "pooled": out.text_embeds}
+    return encode
+
+
+def load_mini_backbone(arch: str, denoiser_dir, vae_dir, text_dir, objective: str | None = None) -> Backbone:
+    """Load the workflow's own trained components (all local, nothing downloaded)."""
+    from diffusers import PixArtTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
+    for p in (vae_dir, text_dir):
+        if not Path(p).is_dir():
+            raise FileNotFoundError(f"{p}: model directory not found (has its rule run?)")
+    cls = {"unet": UNet2DConditionModel, "dit": PixArtTransformer2DModel, "mmdit": SD3Transformer2DModel}[arch]
+    denoiser = cls.from_pretrained(denoiser_dir) if denoiser_dir is not None else None
+    sched_dir = Path(denoiser_dir or "") / "scheduler"
+    if denoiser_dir is not None and sched_dir.is_dir():
+        scheduler = _scheduler_from_dir(sched_dir)
+    else:
+        from .mini import build_scheduler
+        scheduler = build_scheduler(objective or "eps", 1000)
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(text_dir)
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(text_dir)
+    for m in (vae, text_encoder):
+        m.requires_grad_(False).eval()
+    return Backbone(arch=arch, denoiser=denoiser, vae=vae, noise_scheduler=scheduler,
+                    encode_fn=mini_prompt_encoder(tokenizer, text_encoder), text_encoders=[text_encoder])
+
+
+def _scheduler_from_dir(path):
+    cfg = FlowMatchEulerDiscreteScheduler.load_config(path)
+    if cfg.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+        return FlowMatchEulerDiscreteScheduler.from_config(cfg)
+    return DDPMScheduler.from_config(cfg)
+
+
+# ---------------------------------------------------------------- real models
+
+
+def load_pipeline_backbone(spec: dict) -> Backbone:
+    """Load SD1.5 / SD2 / PixArt-alpha / SD3 from `spec["pretrained"]` (hub id or local dir).
+
+    `spec` is a `config/backbones/*.yaml` block. This is the exact code path a
+    cluster run takes; tests drive it with tiny random pipelines saved locally.
+    """
+    import diffusers
+    family = spec["family"]
+    if family not in FAMILIES:
+        raise ValueError(f"backbone family {family!r} is not one of {sorted(FAMILIES)}")
+    cls_name, arch, attr = FAMILIES[family]
+    kwargs = dict(torch_dtype=getattr(torch, spec.get("dtype", "float32")),
+                  local_files_only=spec.get("local_files_only", False))
+    for k in ("revision", "variant"):
+        if spec.get(k):
+            kwargs[k] = spec[k]
+    if cls_name == "StableDiffusionPipeline":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    pipe = getattr(diffusers, cls_name).from_pretrained(spec["pretrained"], **kwargs)
+    if family == "sd3":
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    else:
+        # diffusers' trainers: the DDPM schedule with the pipeline's betas and prediction type
+        scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    text_encoders = [m for m in (getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3"))
+                     if m is not None]
+    for m in [pipe.vae, *text_encoders]:
+        m.requires_grad_(False).eval()
+    return Backbone(arch=arch, denoiser=getattr(pipe, attr), vae=pipe.vae, noise_scheduler=scheduler,
+                    encode_fn=_pipeline_prompt_encoder(pipe, family), text_encoders=text_encoders,
+                    family=family)
+
+
+def _pipeline_prompt_encoder(pipe, family: str) -> Callable[[list[str]], Cond]:
+    """Use the pipeline's own encode_prompt, so prompts are encoded exactly as at inference."""
+    def encode(prompts: list[str]) -> Cond:
+        dev = pipe.vae.device
+        if family in ("sd15", "sd2"):
+            hidden, _ = pipe.encode_prompt(prompts, dev, 1, do_classifier_free_guidance=False)
+            return {"hidden": hidden, "mask": None, "pooled": None}
+        if family == "pixart_alpha":
+            hidden, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=dev,
+                                                    clean_caption=False)
+            return {"hidden": hidden, "mask": mask, "pooled": None}
+        hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=dev,
+                                                  do_classifier_free_guidance=False)
+        return {"hidden": hidden, "mask": None, "pooled": pooled}
+    return encode
+
+
+def load_backbone(spec: dict) -> Backbone:
+    """Entry point for scripts: a real family from its spec, or the miniature from its dirs."""
+    if spec["family"] == "mini":
+        return load_mini_backbone(spec["arch"], spec.get("denoiser"), spec["vae"], spec["text_encoder"],
+                                  spec.get("objective"))
+    return load_pipeline_backbone(spec)

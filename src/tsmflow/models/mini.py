@@ -1,0 +1,56 @@
+"""Builders for the miniature's tiny diffusers models (random init, sized from config).
+
+Each builder takes the backbone's `arch` block of config and returns a stock
+diffusers class, so everything downstream (peft, save_pretrained, pipelines)
+treats them exactly like the real models.
+"""
+from __future__ import annotations
+
+from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+
+
+def build_vae(cfg: dict, resolution: int) -> AutoencoderKL:
+    n = len(cfg["channels"])
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, sample_size=resolution,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg["channels"]), layers_per_block=cfg["layers_per_block"],
+        latent_channels=cfg["latent_channels"], norm_num_groups=cfg["norm_groups"])
+
+
+def build_denoiser(arch: str, cfg: dict, latent_channels: int, latent_size: int, text_dim: int,
+                   pooled_dim: int):
+    if arch == "unet":
+        n = len(cfg["channels"])
+        # cross-attention at every level: at 8x8 latents the top level is still cheap
+        return UNet2DConditionModel(
+            sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+            down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+            block_out_channels=tuple(cfg["channels"]), layers_per_block=cfg["layers_per_block"],
+            cross_attention_dim=text_dim, attention_head_dim=cfg["head_dim"],
+            norm_num_groups=cfg["norm_groups"])
+    if arch == "dit":
+        return PixArtTransformer2DModel(
+            sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+            patch_size=cfg["patch_size"], num_layers=cfg["layers"], num_attention_heads=cfg["heads"],
+            attention_head_dim=cfg["head_dim"], cross_attention_dim=cfg["heads"] * cfg["head_dim"],
+            caption_channels=text_dim, norm_type="ada_norm_single", use_additional_conditions=False)
+    if arch == "mmdit":
+        return SD3Transformer2DModel(
+            sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+            patch_size=cfg["patch_size"], num_layers=cfg["layers"], num_attention_heads=cfg["heads"],
+            attention_head_dim=cfg["head_dim"], joint_attention_dim=text_dim,
+            caption_projection_dim=cfg["heads"] * cfg["head_dim"], pooled_projection_dim=pooled_dim,
+            pos_embed_max_size=latent_size // cfg["patch_size"])
+    raise ValueError(f"unknown denoiser arch {arch!r} (expected unet, dit or mmdit)")
+
+
+def build_scheduler(objective: str, num_train_timesteps: int):
+    """Training noise schedule: SD's scaled-linear DDPM for eps/v, rectified flow as in SD3."""
+    if objective == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=1.0)
+    pred = {"eps": "epsilon", "v": "v_prediction"}[objective]
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear",
+                         beta_start=0.00085, beta_end=0.012, prediction_type=pred,
+                         clip_sample=False)

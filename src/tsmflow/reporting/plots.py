@@ -1,0 +1,69 @@
+"""Figures: captioned sample grids and training curves (matplotlib, headless)."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ..data.io import atomic_path  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def sample_grid(images: np.ndarray, prompts: list[str], n_cols: int, path, title: str = "") -> None:
+    """Rows are prompts (captioned on the left), columns are seeds."""
+    n_rows = len(prompts)
+    fig, axes = plt.subplots(n_rows, n_cols + 1, figsize=(1.3 * n_cols + 3.2, 1.3 * n_rows),
+                             gridspec_kw={"width_ratios": [2.4] + [1] * n_cols}, squeeze=False)
+    for r, prompt in enumerate(prompts):
+        ax = axes[r, 0]
+        ax.axis("off")
+        ax.text(1.0, 0.5, "\n".join(textwrap.wrap(prompt, 30)), ha="right", va="center", fontsize=7.5,
+                transform=ax.transAxes)
+        for c in range(n_cols):
+            a = axes[r, c + 1]
+            a.imshow(images[r * n_cols + c], interpolation="nearest")
+            a.set_xticks([])
+            a.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.05, hspace=0.08)
+    _save(fig, path)
+
+
+def image_pairs(top: np.ndarray, bottom: np.ndarray, path, labels=("input", "reconstruction"), n: int = 12) -> None:
+    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.5), squeeze=False)
+    for i in range(n):
+        for r, (imgs, lab) in enumerate(((top, labels[0]), (bottom, labels[1]))):
+            axes[r, i].imshow(imgs[i], interpolation="nearest")
+            axes[r, i].set_xticks([])
+            axes[r, i].set_yticks([])
+            if i == 0:
+                axes[r, i].set_ylabel(lab, fontsize=8)
+    _save(fig, path)
+
+
+def training_curves(curves: dict[str, str], path, title: str = "training loss") -> None:
+    """One panel per curve CSV (step, loss): log-scaled loss against optimizer step."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.4 * len(curves), 2.8), squeeze=False)
+    for ax, (name, csv) in zip(axes[0], curves.items()):
+        df = pd.read_csv(csv)
+        ax.plot(df["step"], df["loss"], lw=1.2)
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("loss")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

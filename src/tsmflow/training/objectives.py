@@ -1,0 +1,83 @@
+"""Objectives (batch -> loss modules) and timestep samplers that plug into `loop.train`.
+
+Later stages add a sampler or an objective here, not a loop: interval experts
+sample t from their interval, DeMe mixes in out-of-range t, GORS weights the loss.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models.backbone import Backbone
+
+
+class UniformTimesteps:
+    """t ~ U{lo, ..., hi-1}; (0, T) is ordinary training, a sub-range trains an interval expert."""
+
+    def __init__(self, lo: int, hi: int):
+        if not 0 <= lo < hi:
+            raise ValueError(f"timestep range [{lo}, {hi}) is empty or negative")
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, n: int, device) -> torch.Tensor:
+        return torch.randint(self.lo, self.hi, (n,), device=device)
+
+
+def noisy_and_target(scheduler, objective: str, x0, noise, t):
+    """Forward process and regression target for eps / v / rectified-flow objectives."""
+    if objective == "flow":
+        s = (t.float() / scheduler.config.num_train_timesteps).view(-1, 1, 1, 1)
+        return (1 - s) * x0 + s * noise, noise - x0
+    xt = scheduler.add_noise(x0, noise, t)
+    if objective == "v":
+        return xt, scheduler.get_velocity(x0, noise, t)
+    return xt, noise
+
+
+class DiffusionObjective(nn.Module):
+    """Denoising loss on cached latents with caption dropout (for classifier-free guidance).
+
+    batch: "latent_mean", "latent_std" (scaled latents' posterior), "caption" (list of str),
+    optional "weight" (per-sample loss weight, e.g. a GORS reward).
+    """
+
+    def __init__(self, backbone: Backbone, timesteps=None, caption_dropout: float = 0.1,
+                 train_text_encoder: bool = False):
+        super().__init__()
+        self.denoiser = backbone.denoiser
+        self.text_encoders = nn.ModuleList(backbone.text_encoders)
+        self.backbone = backbone
+        self.timesteps = timesteps or UniformTimesteps(0, backbone.num_train_timesteps)
+        self.caption_dropout = caption_dropout
+        self.train_text_encoder = train_text_encoder
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        mean, std = batch["latent_mean"], batch["latent_std"]
+        x0 = mean + std * torch.randn_like(mean)
+        captions = [("" if torch.rand(()) < self.caption_dropout else c) for c in batch["caption"]]
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            cond = self.backbone.encode(captions)
+        t = self.timesteps(x0.shape[0], x0.device)
+        noise = torch.randn_like(x0)
+        xt, target = noisy_and_target(self.backbone.noise_scheduler, self.backbone.objective, x0, noise, t)
+        pred = self.backbone.predict(xt, t, cond, denoiser=self.denoiser)
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        w = batch.get("weight")
+        if w is None:
+            return per_sample.mean()
+        return (per_sample * w).sum() / w.sum().clamp_min(1e-8)
+
+
+class VAEObjective(nn.Module):
+    """Reconstruction MSE plus a small KL to the unit Gaussian, as in SD's VAE (minus the GAN)."""
+
+    def __init__(self, vae, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        x = batch["pixels"]
+        post = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(post.sample()).sample
+        return F.mse_loss(rec, x) + self.kl_weight * post.kl().mean() / x[0].numel()

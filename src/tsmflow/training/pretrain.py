@@ -1,0 +1,44 @@
+"""Stage `pretrain_base`: pre-train a miniature denoiser on cached latents and captions.
+
+This stands in for "the pre-trained model" of the papers: every fine-tuning
+method later starts from the checkpoint written here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from ..data.io import DataError, atomic_dir, read_labels, write_json
+from ..models.backbone import load_mini_backbone
+from ..models.mini import build_denoiser, build_scheduler
+from .loop import TrainConfig, infinite_batches, train
+from .objectives import DiffusionObjective
+
+
+def load_latents(latents_path, labels_path) -> tuple[dict, list[str]]:
+    lat = load_file(str(latents_path))
+    captions = [r["caption"] for r in read_labels(labels_path)]
+    if len(captions) != len(lat["mean"]):
+        raise DataError(f"{latents_path}: {len(lat['mean'])} latents but {len(captions)} labels in {labels_path}")
+    return {"latent_mean": lat["mean"], "latent_std": lat["std"]}, captions
+
+
+def pretrain_denoiser(arch: str, cfg: dict, latents_path, labels_path, vae_dir, text_dir, out_dir) -> dict:
+    bb = load_mini_backbone(arch, None, vae_dir, text_dir)
+    text_cfg = bb.text_encoders[0].config
+    c, s, _ = bb.latent_shape
+    bb.denoiser = build_denoiser(arch, cfg["arch"], c, s, text_cfg.hidden_size, text_cfg.projection_dim)
+    bb.noise_scheduler = build_scheduler(cfg["objective"], cfg["num_train_timesteps"])
+    tensors, captions = load_latents(latents_path, labels_path)
+    tcfg = TrainConfig.from_dict(cfg["train"])
+    objective = DiffusionObjective(bb, caption_dropout=cfg["caption_dropout"])
+    with atomic_dir(out_dir) as tmp:
+        stats = train(objective, bb.denoiser.parameters(),
+                      infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra={"caption": captions}),
+                      tcfg, Path(tmp) / "loss.csv", desc=f"pretrain {arch}")
+        bb.denoiser.save_pretrained(tmp)  # safetensors + config.json, loadable by diffusers
+        bb.noise_scheduler.save_pretrained(Path(tmp) / "scheduler")
+        stats.update(arch=arch, objective=cfg["objective"], params=sum(p.numel() for p in bb.denoiser.parameters()))
+        write_json(Path(tmp) / "stats.json", stats)
+    return stats

@@ -1,0 +1,35 @@
+"""Stage `train_text_encoder`: a tiny CLIP trained on rendered (scene, caption) pairs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import CLIPModel
+
+from ..data.grammar import vocabulary
+from ..data.io import atomic_dir, load_dataset, write_json
+from ..models.text import ContrastiveObjective, build_tokenizer, clip_config, export_text_encoder
+from .loop import TrainConfig, infinite_batches, train
+
+
+def to_pixels(images) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_text_encoder(data_dir, cfg: dict, out_dir) -> dict:
+    images, labels = load_dataset(data_dir)
+    tokenizer = build_tokenizer(vocabulary(), cfg["max_length"])
+    clip = CLIPModel(clip_config(tokenizer, cfg["arch"], images.shape[1]))
+    tcfg = TrainConfig.from_dict(cfg["train"])
+    batches = infinite_batches({"pixels": to_pixels(images)}, tcfg.batch_size, tcfg.seed,
+                               extra={"caption": [r["caption"] for r in labels]})
+    with atomic_dir(out_dir) as tmp:
+        stats = train(ContrastiveObjective(clip, tokenizer), clip.parameters(), batches, tcfg,
+                      Path(tmp) / "loss.csv", desc="text encoder (CLIP)")
+        text = export_text_encoder(clip)
+        text.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)
+        stats["params"] = sum(p.numel() for p in text.parameters())
+        write_json(Path(tmp) / "stats.json", stats)
+    return stats
