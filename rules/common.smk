@@ -1,6 +1,9 @@
 # Helpers shared by all rules: config validation, paths, wildcard constraints, resources.
 # Paths come from the functions here, never from string concatenation in rules.
 
+import os
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -8,6 +11,10 @@ min_version("9.0")
 validate(config, schema="../config/schema.yaml")
 if abs(sum(config["data"]["n_objects_p"]) - 1) > 1e-6:
     raise ValueError("config key data.n_objects_p must sum to 1, got " f"{config['data']['n_objects_p']}")
+
+# scripts import the library from src/ whether or not it is pip-installed (conda envs, cluster nodes)
+_pythonpath = [str(Path(workflow.basedir) / "src"), *filter(None, [os.getenv("PYTHONPATH")])]
+os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
 
 RESULTS = "results"
 SPLITS = ["train", "reference"]

@@ -15,6 +15,8 @@ rule render_dataset:
     resources:
         mem_mb=2000,
         runtime=30,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/render_dataset.py"
 
@@ -28,6 +30,8 @@ rule make_compbench_prompts:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/make_compbench_prompts.py"
 
@@ -44,5 +48,7 @@ rule data_coverage:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/data_coverage.py"

@@ -18,6 +18,8 @@ rule pretrain_base:
         mem_mb=8000,
         runtime=240,
         **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/pretrain_base.py"
 
@@ -45,5 +47,7 @@ rule sample_base_grid:
         mem_mb=4000,
         runtime=30,
         **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/sample_grid.py"

@@ -14,6 +14,8 @@ rule plot_training_curves:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/plot_training_curves.py"
 
@@ -35,5 +37,7 @@ rule foundation_summary:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/foundation_summary.py"

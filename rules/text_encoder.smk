@@ -15,5 +15,7 @@ rule train_text_encoder:
         mem_mb=8000,
         runtime=60,
         **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/train_text_encoder.py"

@@ -15,6 +15,8 @@ rule train_vae:
         mem_mb=8000,
         runtime=120,
         **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/train_vae.py"
 
@@ -34,6 +36,8 @@ rule encode_latents:
         mem_mb=8000,
         runtime=30,
         **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/encode_latents.py"
 
@@ -51,5 +55,7 @@ rule evaluate_vae:
     resources:
         mem_mb=4000,
         runtime=20,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/evaluate_vae.py"

@@ -141,7 +141,7 @@ def sample_object_attrs(rng: np.random.Generator, rare_pairs: set[tuple[str, str
                         rare_keep: float) -> dict:
     """Draw an object's attributes; rare compositions are kept with prob `rare_keep`."""
     while True:
-        attrs = {a: str(rng.choice(VALUES[a])) for a in ATTRS}
+        attrs = {a: VALUES[a][rng.integers(len(VALUES[a]))] for a in ATTRS}
         if not _is_rare(attrs, rare_pairs) or rng.random() < rare_keep:
             return attrs
 
@@ -196,9 +196,9 @@ def compbench_prompt(category: str, rng: np.random.Generator,
         n = 3
     relation = None
     if category == "spatial" or (category == "complex" and n == 2):
-        relation = (0, 1, str(rng.choice(SPATIAL)))
+        relation = (0, 1, SPATIAL[rng.integers(len(SPATIAL))])
     elif category == "non_spatial":
-        relation = (0, 1, str(rng.choice(NON_SPATIAL)))
+        relation = (0, 1, NON_SPATIAL[rng.integers(len(NON_SPATIAL))])
     for _ in range(10_000):
         objs = []
         for _ in range(n):
@@ -221,8 +221,11 @@ def compbench_split(category: str, n_train: int, n_val: int, seed: int,
     """Disjoint train/val prompt lists for one category, deterministic in `seed`."""
     rng = np.random.default_rng([seed, CATEGORIES.index(category)])
     seen: dict[str, None] = {}
-    for _ in range(200 * (n_train + n_val)):
-        seen.setdefault(compbench_prompt(category, rng, rare_pairs, p_rare).text())
+    misses = 0
+    while misses < 2000:  # the prompt space is exhausted once draws stop finding new prompts
+        p = compbench_prompt(category, rng, rare_pairs, p_rare).text()
+        misses = misses + 1 if p in seen else 0
+        seen.setdefault(p)
         if len(seen) == n_train + n_val:
             prompts = list(seen)
             return prompts[:n_train], prompts[n_train:]

@@ -172,7 +172,15 @@ def load_pipeline_backbone(spec: dict) -> Backbone:
             kwargs[k] = spec[k]
     if cls_name == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    pipe = getattr(diffusers, cls_name).from_pretrained(spec["pretrained"], **kwargs)
+    pipe_cls = getattr(diffusers, cls_name)
+    # components saved as null (e.g. SD3 without its T5 encoder) must be passed as None:
+    # diffusers refuses to load a pipeline whose non-optional component is missing
+    index = pipe_cls.load_config(spec["pretrained"], local_files_only=kwargs["local_files_only"],
+                                 revision=kwargs.get("revision"))
+    for name, value in index.items():
+        if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] is None:
+            kwargs.setdefault(name, None)
+    pipe = pipe_cls.from_pretrained(spec["pretrained"], **kwargs)
     if family == "sd3":
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
     else:

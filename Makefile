@@ -1,0 +1,34 @@
+# Two entry points (see README): `make run` and `make test`. Both set up .venv themselves.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: run test venv smoke lint clean-results
+
+venv: $(STAMP)
+
+# torch and torchvision go first, as a matching pair, so nothing else drags in another torch
+$(STAMP): requirements.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $$(grep -E '^(torch|torchvision)==' requirements.txt)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+# The main job: the whole DAG on the embedded default config, local profile.
+run: $(STAMP)
+	$(BIN)/snakemake
+
+# The test suite: unit tests plus the smoke workflow end to end.
+test: $(STAMP)
+	$(BIN)/pytest -q -n 2 --dist loadgroup
+
+smoke: $(STAMP)
+	$(BIN)/snakemake --configfile config/smoke.yaml --directory results/smoke
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint

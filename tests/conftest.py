@@ -1,0 +1,58 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def snakemake_bin() -> str:
+    return str(BIN / "snakemake")
+
+
+def _mini_components(tmp: Path, arch: str, objective: str = "eps"):
+    """Tiny random miniature components saved to disk, as the workflow's rules would leave them."""
+    from tsmflow.data.grammar import vocabulary
+    from tsmflow.models.mini import build_denoiser, build_scheduler, build_vae
+    from tsmflow.models.text import build_tokenizer, clip_config, export_text_encoder
+    from transformers import CLIPModel
+
+    torch.manual_seed(0)
+    tok = build_tokenizer(vocabulary(), 24)
+    clip = CLIPModel(clip_config(tok, {"hidden_size": 16, "layers": 1, "heads": 2, "projection_dim": 16,
+                                       "patch_size": 8}, 16))
+    text = export_text_encoder(clip)
+    text.save_pretrained(tmp / "text")
+    tok.save_pretrained(tmp / "text")
+    vae = build_vae({"channels": [8, 8], "layers_per_block": 1, "latent_channels": 4, "norm_groups": 4}, 16)
+    vae.save_pretrained(tmp / "vae")
+    cfgs = {"unet": {"channels": [16, 32], "layers_per_block": 1, "head_dim": 8, "norm_groups": 8},
+            "dit": {"patch_size": 1, "layers": 1, "heads": 2, "head_dim": 8},
+            "mmdit": {"patch_size": 1, "layers": 1, "heads": 2, "head_dim": 8}}
+    den = build_denoiser(arch, cfgs[arch], 4, 8, 16, 16)
+    den.save_pretrained(tmp / "den")
+    build_scheduler(objective, 1000).save_pretrained(tmp / "den" / "scheduler")
+    return tmp / "den", tmp / "vae", tmp / "text"
+
+
+@pytest.fixture
+def mini_backbone(tmp_path):
+    """Factory: a loaded tiny miniature Backbone of the given arch/objective."""
+    from tsmflow.models.backbone import load_mini_backbone
+
+    def make(arch="unet", objective="eps"):
+        d, v, t = _mini_components(tmp_path / f"{arch}_{objective}", arch, objective)
+        return load_mini_backbone(arch, d, v, t)
+    return make
