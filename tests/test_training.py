@@ -1,0 +1,121 @@
+"""The shared training loop, objectives and timestep samplers."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+
+from tsmflow.models.mini import build_scheduler
+from tsmflow.training.loop import NonFiniteLossError, TrainConfig, infinite_batches, train
+from tsmflow.training.objectives import DiffusionObjective, UniformTimesteps, noisy_and_target
+
+
+class Regression(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+
+    def forward(self, batch):
+        return ((self.lin(batch["x"]) - batch["y"]) ** 2).mean()
+
+
+def toy_data(n=256):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    return {"x": x, "y": x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.7}
+
+
+def test_loop_fits_and_writes_loss_curve(tmp_path):
+    model = Regression()
+    cfg = TrainConfig(steps=200, batch_size=32, lr=0.05, log_every=20)
+    stats = train(model, model.parameters(), infinite_batches(toy_data(), 32, 0), cfg, tmp_path / "loss.csv")
+    curve = pd.read_csv(tmp_path / "loss.csv")
+    assert list(curve.columns) == ["step", "loss", "lr", "samples_per_s", "elapsed_s"]
+    assert curve["step"].iloc[-1] == 200 and len(curve) == 10
+    assert curve["loss"].iloc[-1] < 0.01 * curve["loss"].iloc[0]
+    assert stats["samples_seen"] == 200 * 32 and stats["trainable_params"] == 5
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    model = Regression()
+    cfg = TrainConfig(steps=10, batch_size=8, lr=0.01, grad_accum=4, log_every=5)
+    stats = train(model, model.parameters(), infinite_batches(toy_data(), 8, 0), cfg, tmp_path / "loss.csv")
+    assert stats["steps"] == 10 and stats["samples_seen"] == 10 * 4 * 8
+    assert pd.read_csv(tmp_path / "loss.csv")["step"].tolist() == [5, 10]
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path):
+    class Explodes(Regression):
+        def forward(self, batch):
+            self.calls = getattr(self, "calls", 0) + 1
+            loss = super().forward(batch)
+            return loss * float("nan") if self.calls == 3 else loss
+
+    model = Explodes()
+    with pytest.raises(NonFiniteLossError, match="loss is nan at optimizer step 3"):
+        train(model, model.parameters(), infinite_batches(toy_data(), 8, 0),
+              TrainConfig(steps=5, batch_size=8, lr=0.01), tmp_path / "loss.csv")
+    assert not (tmp_path / "loss.csv").exists()
+
+
+def test_unknown_train_key_is_rejected():
+    with pytest.raises(ValueError, match="unknown training keys"):
+        TrainConfig.from_dict({"steps": 1, "batch_size": 1, "lr": 1e-3, "lr_schedule": "cosine"})
+
+
+def test_uniform_timesteps_stay_in_range():
+    s = UniformTimesteps(250, 375)
+    t = s(10_000, "cpu")
+    assert t.min() == 250 and t.max() == 374
+    with pytest.raises(ValueError):
+        UniformTimesteps(10, 10)
+
+
+@pytest.mark.parametrize("objective", ["eps", "v", "flow"])
+def test_noisy_and_target_formulas(objective):
+    sched = build_scheduler(objective, 1000)
+    x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([0, 500, 999])
+    xt, target = noisy_and_target(sched, objective, x0, noise, t)
+    if objective == "flow":
+        s = (t / 1000).view(-1, 1, 1, 1)
+        assert torch.allclose(xt, (1 - s) * x0 + s * noise) and torch.allclose(target, noise - x0)
+        return
+    ab = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(xt, ab.sqrt() * x0 + (1 - ab).sqrt() * noise, atol=1e-5)
+    want = noise if objective == "eps" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    assert torch.allclose(target, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, objective", [("unet", "eps"), ("dit", "eps"), ("mmdit", "flow")])
+def test_diffusion_objective_trains_only_the_denoiser(mini_backbone, tmp_path, arch, objective):
+    bb = mini_backbone(arch, objective)
+    text_before = {k: v.clone() for k, v in bb.text_encoders[0].state_dict().items()}
+    n = 16
+    data = {"latent_mean": torch.randn(n, 4, 8, 8), "latent_std": torch.full((n, 4, 8, 8), 0.1)}
+    caps = ["a red circle", "a small blue striped square on the left of a green triangle"] * (n // 2)
+    obj = DiffusionObjective(bb, caption_dropout=0.5)
+    stats = train(obj, bb.denoiser.parameters(), infinite_batches(data, 8, 0, extra={"caption": caps}),
+                  TrainConfig(steps=4, batch_size=8, lr=1e-3, log_every=2), tmp_path / "loss.csv")
+    assert math.isfinite(stats["final_loss"])
+    for k, v in bb.text_encoders[0].state_dict().items():
+        assert torch.equal(v, text_before[k]), k
+
+
+def test_sample_weights_weight_the_loss(mini_backbone):
+    """A zero-weighted sample (e.g. a GORS image below threshold) contributes nothing."""
+    bb = mini_backbone("unet")
+    obj = DiffusionObjective(bb, caption_dropout=0.0)
+    batch = {"latent_mean": torch.randn(2, 4, 8, 8), "latent_std": torch.zeros(2, 4, 8, 8),
+             "caption": ["a red circle", "a blue square"], "weight": torch.tensor([1.0, 0.0])}
+    garbage = {**batch, "latent_mean": torch.stack([batch["latent_mean"][0], torch.full((4, 8, 8), 1e3)])}
+
+    def loss(b):
+        torch.manual_seed(0)
+        return obj(b)
+
+    assert torch.allclose(loss(batch), loss(garbage))
+    first, second = loss(batch), loss({**batch, "weight": torch.tensor([0.0, 1.0])})
+    assert not torch.allclose(first, second)
+    assert torch.allclose(loss({**batch, "weight": torch.tensor([3.0, 1.0])}), 0.75 * first + 0.25 * second)
