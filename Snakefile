@@ -10,6 +10,8 @@ include: "rules/text_encoder.smk"
 include: "rules/vae.smk"
 include: "rules/pretrain.smk"
 include: "rules/summary.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 report: "report/workflow.rst"

@@ -67,3 +67,45 @@ def training_curves(curves: dict[str, str], path, title: str = "training loss") 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
+
+
+CATEGORY_ORDER = ["color", "shape", "texture", "spatial", "non_spatial", "complex"]
+
+
+def category_bars(decl: dict, metrics: dict[str, dict], path) -> None:
+    """Grouped bars: CompBench-mini score (%) per category, one bar per table row (mean over seeds)."""
+    cats = [c for c in CATEGORY_ORDER if c in decl["columns"]]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(cats) + 1), 3.2))
+    width = 0.8 / max(1, len(decl["rows"]))
+    for i, row in enumerate(decl["rows"]):
+        runs = row.get("runs") or [row["run"]]
+        vals = np.array([[metrics[r][c] for c in cats] for r in runs])
+        err = vals.std(axis=0, ddof=1) if len(runs) > 1 else None
+        ax.bar(np.arange(len(cats)) + i * width, vals.mean(axis=0), width, yerr=err, label=row["label"], capsize=2)
+    ax.set_xticks(np.arange(len(cats)) + width * (len(decl["rows"]) - 1) / 2)
+    ax.set_xticklabels(cats)
+    ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(decl["title"], fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def fid_bars(decl: dict, metrics: dict[str, dict], path) -> None:
+    """FID per row, annotated with the number of generated samples it was computed from."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(decl["rows"]) + 1.5), 3.0))
+    for i, row in enumerate(decl["rows"]):
+        runs = row.get("runs") or [row["run"]]
+        v = np.array([metrics[r]["fid"] for r in runs])
+        ax.bar(i, v.mean(), yerr=v.std(ddof=1) if len(v) > 1 else None, capsize=2)
+        n = metrics[runs[0]]["fid_n_samples"]
+        ax.annotate(f"n={n}", (i, v.mean()), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(decl["rows"])))
+    ax.set_xticklabels([r["label"] for r in decl["rows"]], rotation=20, ha="right", fontsize=7)
+    space = metrics[(decl["rows"][0].get("runs") or [decl["rows"][0]["run"]])[0]].get("fid_feature_space", "shapes")
+    ax.set_ylabel(f"FID ({space} features), lower is better", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)

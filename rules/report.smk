@@ -1,0 +1,80 @@
+# Stage: tables declared in config (CSV, Markdown, LaTeX beside the papers' numbers) and plots.
+
+
+rule make_table:
+    input:
+        unpack(get_table_metrics),
+    output:
+        csv=f"{RESULTS}/tables/{{table}}.csv",
+        md=report(
+            f"{RESULTS}/tables/{{table}}.md",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}"},
+        ),
+        tex=f"{RESULTS}/tables/{{table}}.tex",
+    params:
+        decl=lambda wc: config["tables"][wc.table],
+    log:
+        get_log("make_table", "{table}"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/make_table.py"
+
+
+rule plot_table:
+    input:
+        unpack(get_table_metrics),
+    output:
+        bars=report(
+            f"{RESULTS}/plots/{{table}}_categories.png",
+            caption="../report/category_bars.rst",
+            category="Plots",
+            labels={"table": "{table}", "plot": "CompBench-mini per category"},
+        ),
+        fid=report(
+            f"{RESULTS}/plots/{{table}}_fid.png",
+            caption="../report/fid_plot.rst",
+            category="Plots",
+            labels={"table": "{table}", "plot": "FID"},
+        ),
+    params:
+        decl=lambda wc: config["tables"][wc.table],
+    log:
+        get_log("plot_table", "{table}"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/plot_table.py"
+
+
+rule run_sample_grid:
+    input:
+        images=get_run_path("{run}", "compbench"),
+        scores=get_run_path("{run}", "compbench_scores.csv"),
+    output:
+        grid=report(
+            get_run_path("{run}", "grid.png"),
+            caption="../report/run_grid.rst",
+            category="Sample grids",
+            labels={"run": "{run}"},
+        ),
+    log:
+        get_log("run_sample_grid", "{run}"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/run_sample_grid.py"

@@ -1,0 +1,15 @@
+"""One run's metrics.json: CompBench-mini per category (%), FID with its sample count."""
+import pandas as pd
+
+from tsmflow.data.io import read_json, write_json
+from tsmflow.workflow import setup
+
+setup(snakemake)
+scores = pd.read_csv(snakemake.input.scores)
+fid = read_json(snakemake.input.fid)
+metrics = {cat: float(g["score"].mean()) for cat, g in scores.groupby("category")}
+metrics.update({f"n_images_{cat}": int(len(g)) for cat, g in scores.groupby("category")})
+metrics.update(fid=fid["fid"], fid_n_samples=fid["n_samples"], fid_feature_space=fid["feature_space"],
+               run=snakemake.wildcards.run, **{f"config_{k}": v for k, v in snakemake.config["runs"][snakemake.wildcards.run].items()})
+write_json(snakemake.output.metrics, metrics)
+print(metrics)

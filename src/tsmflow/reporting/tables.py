@@ -1,0 +1,104 @@
+"""Paper-style tables declared in config: our metrics beside the papers' reference numbers.
+
+A declaration names its rows (runs; several runs in a row are seeds and are
+shown as mean ± std), its metric columns, and the paper table and rows it
+mirrors. Paper numbers come from the transcribed CSVs in resources/paper_numbers/
+and are always labelled as such.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.io import atomic_path, read_json
+
+PAPER_DIR = Path(__file__).resolve().parents[3] / "resources" / "paper_numbers"
+# our metric key -> the column names the papers print for it
+PAPER_METRIC = {
+    "color": ("Color", "Col"), "shape": ("Shape", "Sha"), "texture": ("Texture", "Tex"),
+    "spatial": ("Spatial", "Spa"), "non_spatial": ("Non-Spatial", "NS"), "complex": ("Complex", "Com"),
+    "fid": ("FID",),
+}
+METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spatial": "Spatial",
+                "non_spatial": "Non-Spatial", "complex": "Complex", "fid": "FID (shapes features)"}
+PAPER_NAME = {"tsm": "TSM", "deme": "DeMe", "dmp": "DMP", "wadi": "WaDi"}
+
+
+def load_paper_table(name: str, paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
+    path = Path(paper_dir) / f"{name}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no transcribed paper table named {name!r}")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def paper_value(df: pd.DataFrame, row: str, metric: str, block: str = "", setting: str = "") -> str | None:
+    """The printed value of one paper cell, or None where the paper has none."""
+    sel = df[(df["row"] == row) & (df["block"] == block) & (df["setting"] == setting)]
+    for name in PAPER_METRIC.get(metric, (metric,)):
+        hit = sel[sel["metric"] == name]
+        if len(hit) == 1:
+            return hit["value"].iloc[0]
+        if len(hit) > 1:
+            raise ValueError(f"paper cell {row!r}/{block!r}/{setting!r}/{name!r} is ambiguous")
+    return None
+
+
+def _fmt(values: list[float], digits: int) -> str:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
+    """Rows from `decl["rows"]`; `metrics` maps run name -> its metrics.json content."""
+    paper = load_paper_table(decl["paper_table"], paper_dir) if decl.get("paper_table") else None
+    tag = _paper_tag(decl)
+    out = []
+    for row in decl["rows"]:
+        runs = row.get("runs") or [row["run"]]
+        rec = {"row": row["label"], "runs": ", ".join(runs), "seeds": len(runs)}
+        for m in decl["columns"]:
+            vals = [metrics[r].get(m) for r in runs]
+            rec[METRIC_LABEL.get(m, m)] = _fmt(vals, 2)
+        if "fid" in decl["columns"]:
+            ns = sorted({metrics[r].get("fid_n_samples") for r in runs if metrics[r].get("fid_n_samples")})
+            rec["FID samples"] = "/".join(str(n) for n in ns) or "n/a"
+        if paper is not None:
+            rec[f"{tag} row"] = row.get("paper_row", "") or "—"
+            for m in decl["columns"]:
+                v = paper_value(paper, row["paper_row"], m, row.get("paper_block", ""),
+                                row.get("paper_setting", "")) if row.get("paper_row") else None
+                # the paper's own metric name: its FID is Inception FID, not ours
+                rec[f"{PAPER_METRIC.get(m, (m,))[0]} [{tag}]"] = v if v is not None else "—"
+        out.append(rec)
+    df = pd.DataFrame(out)
+    empty = [c for c in df.columns if c.endswith(f"[{tag}]") and (df[c] == "—").all()]
+    return df.drop(columns=empty)
+
+
+def _paper_tag(decl: dict) -> str:
+    name = decl.get("paper_table", "")
+    if not name:
+        return "paper"
+    paper, _, table = name.partition("_")
+    return f"{PAPER_NAME.get(paper, paper)} {table.replace('table', 'Table ').replace('supp_', 'Supp. ')}"
+
+
+def write_table(df: pd.DataFrame, decl: dict, csv_path, md_path, tex_path) -> None:
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=False)
+    title = decl["title"]
+    note = decl.get("caption", "").strip()
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(f"## {title}\n\n{df.to_markdown(index=False)}\n\n{note}\n")
+    with atomic_path(tex_path) as tmp:
+        tmp.write_text(df.to_latex(index=False, caption=title, label=f"tab:{Path(tex_path).stem}", escape=True))
+
+
+def load_run_metrics(paths: dict[str, str]) -> dict[str, dict]:
+    return {run: read_json(p) for run, p in paths.items()}
