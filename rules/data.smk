@@ -7,6 +7,8 @@ rule render_dataset:
     params:
         n=lambda wc: config["data"][wc.split]["n"],
         seed=lambda wc: config["data"][wc.split]["seed"],
+        data=config["data"],
+        resolution=config["resolution"],
     log:
         get_log("render_dataset", "{split}"),
     benchmark:
@@ -24,6 +26,9 @@ rule render_dataset:
 rule make_compbench_prompts:
     output:
         **get_compbench_files(),
+    params:
+        compbench=config["compbench"],
+        data=config["data"],
     log:
         get_log("make_compbench_prompts"),
     threads: 1

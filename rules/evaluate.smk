@@ -5,6 +5,9 @@
 rule train_evaluator:
     output:
         model=directory(get_model_dir("evaluator")),
+    params:
+        cfg=config["evaluator"],
+        resolution=config["resolution"],
     log:
         get_log("train_evaluator"),
     benchmark:
@@ -65,6 +68,10 @@ rule sample_compbench:
         prompts=[f for k, f in get_compbench_files().items() if k.endswith("_val")],
     output:
         images=directory(get_run_path("{run}", "compbench")),
+    params:
+        run=lambda wc: RUNS[wc.run],
+        sampling=config["sampling"],
+        evaluation=config["evaluation"],
     log:
         get_log("sample_compbench", "{run}"),
     benchmark:
@@ -86,6 +93,10 @@ rule sample_fid:
         reference=get_split_dir("reference"),
     output:
         images=directory(get_run_path("{run}", "fid_samples")),
+    params:
+        run=lambda wc: RUNS[wc.run],
+        sampling=config["sampling"],
+        evaluation=config["evaluation"],
     log:
         get_log("sample_fid", "{run}"),
     benchmark:

@@ -9,6 +9,8 @@ rule pretrain_base:
         text_encoder=get_model_dir("text_encoder"),
     output:
         model=directory(get_base_dir("{backbone}")),
+    params:
+        cfg=lambda wc: config["backbones"][wc.backbone],
     log:
         get_log("pretrain_base", "{backbone}"),
     benchmark:
@@ -38,6 +40,8 @@ rule sample_base_grid:
             subcategory="Sample grids",
             labels={"backbone": "{backbone}"},
         ),
+    params:
+        sampling=config["sampling"],
     log:
         get_log("sample_base_grid", "{backbone}"),
     benchmark:

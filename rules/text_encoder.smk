@@ -6,6 +6,8 @@ rule train_text_encoder:
         data=get_split_dir("train"),
     output:
         model=directory(get_model_dir("text_encoder")),
+    params:
+        cfg=config["text_encoder"],
     log:
         get_log("train_text_encoder"),
     benchmark:

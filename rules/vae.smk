@@ -6,6 +6,8 @@ rule train_vae:
         data=get_split_dir("train"),
     output:
         model=directory(get_model_dir("vae")),
+    params:
+        cfg=config["vae"],
     log:
         get_log("train_vae"),
     benchmark:

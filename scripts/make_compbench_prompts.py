@@ -5,4 +5,4 @@ from tsmflow.workflow import setup
 
 setup(snakemake)
 out_dir = Path(snakemake.output[0]).parent
-write_compbench(out_dir, snakemake.config["compbench"], snakemake.config["data"])
+write_compbench(out_dir, snakemake.params.compbench, snakemake.params.data)

@@ -3,6 +3,6 @@ from tsmflow.workflow import setup
 
 setup(snakemake)
 backbone = snakemake.wildcards.backbone
-print(pretrain_denoiser(backbone, snakemake.config["backbones"][backbone], snakemake.input.latents,
+print(pretrain_denoiser(backbone, snakemake.params.cfg, snakemake.input.latents,
                         f"{snakemake.input.data}/labels.jsonl", snakemake.input.vae, snakemake.input.text_encoder,
                         snakemake.output.model))

@@ -3,4 +3,4 @@ from tsmflow.workflow import setup
 
 setup(snakemake)
 render_split(snakemake.output.split, snakemake.params.n, snakemake.params.seed,
-             snakemake.config["resolution"], snakemake.config["data"])
+             snakemake.params.resolution, snakemake.params.data)

@@ -9,7 +9,7 @@ scores = pd.read_csv(snakemake.input.scores)
 fid = read_json(snakemake.input.fid)
 metrics = {cat: float(g["score"].mean()) for cat, g in scores.groupby("category")}
 metrics.update({f"n_images_{cat}": int(len(g)) for cat, g in scores.groupby("category")})
-metrics.update(fid=fid["fid"], fid_n_samples=fid["n_samples"], fid_feature_space=fid["feature_space"],
+metrics.update(evaluator_validated=bool(scores["evaluator_validated"].all()), fid=fid["fid"], fid_n_samples=fid["n_samples"], fid_feature_space=fid["feature_space"],
                run=snakemake.wildcards.run, **{f"config_{k}": v for k, v in snakemake.config["runs"][snakemake.wildcards.run].items()})
 write_json(snakemake.output.metrics, metrics)
 print(metrics)

@@ -6,8 +6,8 @@ from tsmflow.sampling.folders import compbench_folder
 from tsmflow.workflow import setup
 
 setup(snakemake)
-cfg, ev = snakemake.config["sampling"], snakemake.config["evaluation"]
-bb = load_run_backbone(snakemake.config["runs"][snakemake.wildcards.run], snakemake.input)
+cfg, ev = snakemake.params.sampling, snakemake.params.evaluation
+bb = load_run_backbone(snakemake.params.run, snakemake.input)
 files = {Path(f).stem.removesuffix("_val"): f for f in snakemake.input.prompts}
 compbench_folder(bb, files, snakemake.output.images, ev["images_per_prompt"], ev["seed"], cfg["steps"],
                  cfg["guidance_scale"])

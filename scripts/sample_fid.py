@@ -5,10 +5,10 @@ from tsmflow.sampling.folders import caption_folder
 from tsmflow.workflow import setup
 
 setup(snakemake)
-cfg, ev = snakemake.config["sampling"], snakemake.config["evaluation"]
+cfg, ev = snakemake.params.sampling, snakemake.params.evaluation
 captions = [r["caption"] for r in read_labels(f"{snakemake.input.reference}/labels.jsonl")]
 n = ev["fid"]["n_samples"]
 if n > len(captions):
     raise ValueError(f"evaluation.fid.n_samples={n} exceeds the {len(captions)} reference captions")
-bb = load_run_backbone(snakemake.config["runs"][snakemake.wildcards.run], snakemake.input)
+bb = load_run_backbone(snakemake.params.run, snakemake.input)
 caption_folder(bb, captions[:n], snakemake.output.images, ev["seed"], cfg["steps"], cfg["guidance_scale"])

@@ -6,7 +6,7 @@ from tsmflow.sampling.sample import generate
 from tsmflow.workflow import setup
 
 setup(snakemake)
-cfg = snakemake.config["sampling"]
+cfg = snakemake.params.sampling
 backbone = snakemake.wildcards.backbone
 prompts = [p for f in snakemake.input.prompts for p in read_prompts(f)[: cfg["grid_prompts_per_category"]]]
 seeds = list(range(cfg["grid_seeds"]))

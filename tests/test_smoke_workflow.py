@@ -61,6 +61,34 @@ def test_sample_grids_and_summary(smoke):
     assert "Rare compositions" in (res / "data/coverage.md").read_text()
 
 
+def test_evaluation_outputs(smoke):
+    res = smoke / "results"
+    status = json.loads((res / "evaluator/validation.json").read_text())
+    assert "passed" in status and "Negative control" in (res / "evaluator/validation.md").read_text()
+    for run in ["base_unet", "base_dit", "base_mmdit"]:
+        m = json.loads((res / f"runs/{run}/metrics.json").read_text())
+        for cat in ["color", "shape", "texture", "spatial", "non_spatial", "complex"]:
+            assert 0 <= m[cat] <= 100
+            # T2I-CompBench layout: <category>/<prompt>_<6-digit idx>.png, images_per_prompt per prompt
+            files = sorted((res / f"runs/{run}/compbench/{cat}").glob("*_0000*.png"))
+            assert len(files) == 3 * 10 and files[0].name.endswith("_000000.png")
+        assert m["fid"] >= 0 and m["fid_n_samples"] == 16
+    table = (res / "tables/base_models.md").read_text()
+    assert "[TSM Table 1]" in table and "unet (pre-trained)" in table and "36.97" in table
+    for ext in ("csv", "tex"):
+        assert (res / f"tables/base_models.{ext}").is_file()
+
+
+def test_report_gathers_tables_and_images(smoke, snakemake_bin, root):
+    report = smoke / "results/report.html"
+    r = run(snakemake_bin, root, smoke, "--report", str(report))
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = report.read_text(errors="replace")
+    for needle in ["base_models.md", "validation.md", "unet.png", "grid.png", "training_curves.png",
+                   "base_models_categories.png", "image/png"]:
+        assert needle in html, needle
+
+
 def test_rerun_has_nothing_to_do(smoke, snakemake_bin, root):
     r = run(snakemake_bin, root, smoke, "-n")
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:]

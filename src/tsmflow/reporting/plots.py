@@ -23,7 +23,8 @@ def _save(fig, path) -> None:
 def sample_grid(images: np.ndarray, prompts: list[str], n_cols: int, path, title: str = "") -> None:
     """Rows are prompts (captioned on the left), columns are seeds."""
     n_rows = len(prompts)
-    fig, axes = plt.subplots(n_rows, n_cols + 1, figsize=(1.3 * n_cols + 3.2, 1.3 * n_rows),
+    height = 1.3 * n_rows + 0.4
+    fig, axes = plt.subplots(n_rows, n_cols + 1, figsize=(1.3 * n_cols + 3.2, height),
                              gridspec_kw={"width_ratios": [2.4] + [1] * n_cols}, squeeze=False)
     for r, prompt in enumerate(prompts):
         ax = axes[r, 0]
@@ -37,7 +38,7 @@ def sample_grid(images: np.ndarray, prompts: list[str], n_cols: int, path, title
             a.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(wspace=0.05, hspace=0.08)
+    fig.subplots_adjust(wspace=0.05, hspace=0.08, top=1 - 0.4 / height, bottom=0.02)
     _save(fig, path)
 
 

@@ -62,6 +62,8 @@ def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DI
     for row in decl["rows"]:
         runs = row.get("runs") or [row["run"]]
         rec = {"row": row["label"], "runs": ", ".join(runs), "seeds": len(runs)}
+        if not all(metrics[r].get("evaluator_validated", True) for r in runs):
+            rec["row"] += " (UNVALIDATED evaluator)"
         for m in decl["columns"]:
             vals = [metrics[r].get(m) for r in runs]
             rec[METRIC_LABEL.get(m, m)] = _fmt(vals, 2)

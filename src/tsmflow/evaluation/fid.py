@@ -1,0 +1,144 @@
+"""FID with clean-fid, using the evaluator's penultimate features instead of Inception's.
+
+clean-fid reads the folder, resizes every image to 299x299 (its "clean" PIL bicubic
+resize) and hands float (B, 3, 299, 299) batches in 0..255 to the feature extractor;
+ours resizes them back to the evaluator's resolution with an antialiased filter, so
+the features are those of (nearly) the images as generated. `native=True` skips the
+299 round trip instead (exact features, faster; not clean-fid's standard pipeline).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from cleanfid import fid as cfid
+from cleanfid.features import build_feature_extractor
+from scipy.linalg import LinAlgWarning
+
+from ..data.io import DataError, atomic_path
+from .evaluator import Detector
+
+
+class FeatureExtractor(nn.Module):
+    """clean-fid custom extractor: float (B, 3, H, W) in 0..255 -> (B, D) evaluator features."""
+
+    def __init__(self, model: Detector):
+        super().__init__()
+        self.model = model.eval()
+        self.resolution = model.resolution
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return self.model.features(x.clamp(0, 255) / 127.5 - 1)
+
+
+def _native(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float32)
+
+
+def _device(device=None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+FEATURE_SPACES = ("shapes", "inception")
+
+
+def folder_features(model: Detector | None, folder, batch_size: int = 128, num: int | None = None,
+                    device=None, native: bool = False, verbose: bool = False,
+                    feature_space: str = "shapes") -> np.ndarray:
+    """(N, D) features of every image under `folder` (recursively), via clean-fid.
+
+    feature_space "shapes": the evaluator's penultimate features (`model` required);
+    "inception": clean-fid's standard Inception-V3 (downloads weights on first use).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    if feature_space not in FEATURE_SPACES:
+        raise ValueError(f"unknown FID feature space {feature_space!r}; expected one of {FEATURE_SPACES}")
+    dev = _device(device)
+    if feature_space == "shapes":
+        if model is None:
+            raise ValueError("FID in the shapes feature space needs the evaluator model")
+        extractor, resize = FeatureExtractor(model.to(dev)).to(dev), (_native if native else None)
+    else:
+        extractor, resize = build_feature_extractor("clean", dev, use_dataparallel=False), None
+    try:
+        # num_workers=0: the workflow runs this inside jobs that already own their cores
+        return cfid.get_folder_features(str(folder), extractor, num_workers=0, num=num, batch_size=batch_size,
+                                        device=dev, mode="clean", custom_fn_resize=resize,
+                                        description=f"features {folder.name}: ", verbose=verbose)
+    except ValueError as e:  # np.concatenate of no batches
+        raise DataError(f"{folder}: no images found ({e})") from e
+
+
+def folder_stats(model: Detector | None, folder, batch_size: int = 128, num: int | None = None, device=None,
+                 native: bool = False, verbose: bool = False,
+                 feature_space: str = "shapes") -> tuple[np.ndarray, np.ndarray, int]:
+    """(mu, sigma, n) of the features of the images under `folder`."""
+    feats = folder_features(model, folder, batch_size, num, device, native, verbose,
+                            feature_space).astype(np.float64)
+    if len(feats) < 2:
+        raise DataError(f"{folder}: FID needs at least 2 images, found {len(feats)}")
+    return feats.mean(axis=0), np.cov(feats, rowvar=False), len(feats)
+
+
+def save_stats(path, mu: np.ndarray, sigma: np.ndarray, n: int, feature_space: str = "") -> None:
+    with atomic_path(path) as tmp:
+        # a file object: np.savez would append ".npz" to the temp name
+        with open(tmp, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma, n=np.int64(n), feature_space=np.str_(feature_space))
+
+
+def load_stats(path) -> dict:
+    """{"mu", "sigma", "n", "feature_space"} as saved by `save_stats`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: FID statistics not found")
+    try:
+        with np.load(path) as z:
+            out = {"mu": z["mu"], "sigma": z["sigma"], "n": int(z["n"]),
+                   "feature_space": str(z["feature_space"]) if "feature_space" in z else ""}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: not an FID statistics file ({e})") from e
+    d = len(out["mu"])
+    if out["sigma"].shape != (d, d):
+        raise DataError(f"{path}: sigma is {out['sigma'].shape}, expected {(d, d)}")
+    return out
+
+
+def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"feature sizes differ: {mu1.shape} vs {mu2.shape} (different evaluators?)")
+    with warnings.catch_warnings():
+        # a ReLU unit that never fires gives a zero-variance dimension; the product of the
+        # covariances is then singular but still PSD, and its square root is well defined
+        warnings.simplefilter("ignore", LinAlgWarning)
+        return float(cfid.frechet_distance(mu1, sigma1, mu2, sigma2))
+
+
+def folder_fid(model: Detector, folder, ref_stats, **kw) -> float:
+    """FID of the images under `folder` against reference stats (a path or a `load_stats` dict)."""
+    ref = load_stats(ref_stats) if isinstance(ref_stats, (str, os.PathLike)) else ref_stats
+    mu, sigma, _ = folder_stats(model, folder, **kw)
+    return fid_from_stats(mu, sigma, ref["mu"], ref["sigma"])
+
+
+def inception_fid(folder, ref_folder, batch_size: int = 32, device=None) -> float:
+    """clean-fid's standard Inception-V3 FID between two folders.
+
+    Downloads Inception weights on first use: never called by tests or by default.
+    """
+    return float(cfid.compute_fid(str(folder), str(ref_folder), mode="clean", num_workers=0,
+                                  batch_size=batch_size, device=_device(device), verbose=False))

@@ -1,0 +1,95 @@
+"""FID on the evaluator's features, through clean-fid's folder pipeline."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from tsmflow.data.io import DataError, save_png
+from tsmflow.evaluation.evaluator import render_scenes, train_evaluator, load_evaluator
+from tsmflow.evaluation.fid import (FeatureExtractor, fid_from_stats, folder_fid, folder_stats, load_stats,
+                                    save_stats)
+
+N = 160  # > the 96 feature dims, so the covariances are full rank
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    # a briefly trained evaluator: its features already separate scenes from non-scenes
+    out = tmp_path_factory.mktemp("ev") / "model"
+    train_evaluator({"data": {"n": 400, "seed": 11},
+                     "train": {"steps": 40, "batch_size": 32, "lr": 0.003, "seed": 0}}, 32, out)
+    return load_evaluator(out)
+
+
+def write_folder(path, images):
+    for i, im in enumerate(images):
+        save_png(path / f"{i:05d}.png", im)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fid")
+    a, _ = render_scenes(N, 1, 32)
+    b, _ = render_scenes(N, 2, 32)
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, a.shape, dtype=np.uint8)
+    blur = np.stack([np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(2))) for x in b])
+    return {k: write_folder(root / k, v) for k, v in
+            {"a": a, "b": b, "noise": noise, "blur": blur}.items()}
+
+
+@pytest.fixture(scope="module")
+def stats(model, folders):
+    return {k: folder_stats(model, p, batch_size=64) for k, p in folders.items()}
+
+
+def test_fid_of_a_folder_with_itself_is_zero(stats):
+    mu, sigma, n = stats["a"]
+    assert n == N and mu.shape == (96,) and sigma.shape == (96, 96)
+    assert abs(fid_from_stats(mu, sigma, mu, sigma)) < 1e-3 * np.trace(sigma)
+
+
+def test_fid_ranks_scenes_above_noise_and_blur(stats):
+    fid = {k: fid_from_stats(*stats["a"][:2], *stats[k][:2]) for k in ("b", "noise", "blur")}
+    # another sample of the same world is close; images that are not scenes are far
+    assert fid["noise"] > 10 * fid["b"] and fid["blur"] > 3 * fid["b"]
+
+
+def test_stats_round_trip_and_folder_fid(tmp_path, model, folders, stats):
+    path = tmp_path / "ref" / "a.npz"
+    save_stats(path, *stats["a"], feature_space="shapes")
+    ref = load_stats(path)
+    assert ref["n"] == N and ref["feature_space"] == "shapes"
+    assert np.array_equal(ref["mu"], stats["a"][0]) and np.array_equal(ref["sigma"], stats["a"][1])
+    assert [p.name for p in path.parent.iterdir()] == ["a.npz"]  # no temp files left
+    fid = folder_fid(model, folders["a"], path, batch_size=64)
+    assert fid == pytest.approx(0.0, abs=1e-3 * np.trace(ref["sigma"]))
+
+
+def test_native_resolution_route_agrees(model, folders, stats):
+    mu, sigma, _ = folder_stats(model, folders["a"], native=True)
+    # skipping clean-fid's 299 round trip changes features only slightly
+    assert fid_from_stats(mu, sigma, *stats["a"][:2]) < fid_from_stats(*stats["a"][:2], *stats["noise"][:2]) / 10
+
+
+def test_extractor_takes_clean_fid_batches(model):
+    x = torch.rand(3, 3, 299, 299) * 255
+    assert FeatureExtractor(model)(x).shape == (3, 96)
+
+
+def test_errors_name_the_problem(tmp_path, model):
+    with pytest.raises(DataError, match="not found"):
+        load_stats(tmp_path / "missing.npz")
+    (tmp_path / "bad.npz").write_text("not numpy")
+    with pytest.raises(DataError, match="not an FID statistics file"):
+        load_stats(tmp_path / "bad.npz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        folder_stats(model, tmp_path / "empty")
+    with pytest.raises(DataError, match="not found"):
+        folder_stats(model, tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="unknown FID feature space"):
+        folder_stats(model, tmp_path / "empty", feature_space="clip")
+    with pytest.raises(ValueError, match="needs the evaluator"):
+        folder_stats(None, tmp_path / "empty")

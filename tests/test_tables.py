@@ -1,0 +1,69 @@
+"""Config-declared tables: our numbers beside the papers' transcribed ones; plots render."""
+import json
+
+import pandas as pd
+import pytest
+
+from tsmflow.evaluation.scoring import UnvalidatedEvaluatorError, check_validated, parse_image_name
+from tsmflow.reporting.plots import category_bars, fid_bars
+from tsmflow.reporting.tables import build_table, load_paper_table, paper_value, write_table
+
+DECL = {"title": "Base models", "caption": "rows are runs", "paper_table": "tsm_table1",
+        "columns": ["color", "spatial", "fid"],
+        "rows": [{"run": "a", "label": "unet", "paper_row": "SD1.5"},
+                 {"runs": ["b1", "b2", "b3"], "label": "dit", "paper_row": "PixArt-α"}]}
+METRICS = {"a": {"color": 40.0, "spatial": 10.0, "fid": 5.0, "fid_n_samples": 500},
+           "b1": {"color": 50.0, "spatial": 20.0, "fid": 4.0, "fid_n_samples": 500},
+           "b2": {"color": 52.0, "spatial": 22.0, "fid": 4.2, "fid_n_samples": 500},
+           "b3": {"color": 54.0, "spatial": 24.0, "fid": 4.4, "fid_n_samples": 500}}
+
+
+def test_paper_values_come_from_the_transcribed_csv():
+    df = load_paper_table("tsm_table1")
+    assert paper_value(df, "SD1.5", "color") == "36.97"
+    assert paper_value(df, "SD3", "non_spatial") is not None
+    assert paper_value(df, "SD1.5", "fid") is None
+    t8 = load_paper_table("tsm_table8")
+    row = t8.iloc[0]
+    assert paper_value(t8, row["row"], {"Col": "color"}.get(row["metric"], row["metric"]), row["block"],
+                       row["setting"]) is not None
+    with pytest.raises(FileNotFoundError):
+        load_paper_table("tsm_table99")
+
+
+def test_table_has_ours_and_labelled_paper_columns_and_seed_stats(tmp_path):
+    df = build_table(DECL, METRICS)
+    assert list(df["row"]) == ["unet", "dit"]
+    assert df.loc[0, "Color"] == "40.00" and df.loc[0, "Color [TSM Table 1]"] == "36.97"
+    assert df.loc[1, "Color"] == "52.00 ± 2.00" and df.loc[1, "seeds"] == 3
+    assert df.loc[1, "Spatial [TSM Table 1]"] == "19.89"
+    assert "FID [TSM Table 1]" not in df.columns  # Table 1 has no FID: no empty paper column
+    assert df.loc[0, "FID samples"] == "500"
+    write_table(df, DECL, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
+    assert pd.read_csv(tmp_path / "t.csv").shape == df.shape
+    md = (tmp_path / "t.md").read_text()
+    assert "## Base models" in md and "| unet" in md and "rows are runs" in md
+    assert "\\begin{tabular}" in (tmp_path / "t.tex").read_text()
+
+
+def test_plots_render(tmp_path):
+    category_bars(DECL, METRICS, tmp_path / "bars.png")
+    fid_bars(DECL, METRICS, tmp_path / "fid.png")
+    assert (tmp_path / "bars.png").stat().st_size > 5000 and (tmp_path / "fid.png").stat().st_size > 3000
+
+
+def test_scoring_refuses_an_unvalidated_evaluator(tmp_path):
+    (tmp_path / "v.json").write_text(json.dumps({"passed": False}))
+    with pytest.raises(UnvalidatedEvaluatorError, match="failed validation"):
+        check_validated(tmp_path / "v.json", required=True)
+    assert check_validated(tmp_path / "v.json", required=False) is False
+    (tmp_path / "v.json").write_text(json.dumps({"passed": True}))
+    assert check_validated(tmp_path / "v.json", required=True)
+
+
+def test_t2i_compbench_image_names():
+    from tsmflow.sampling.folders import image_name
+    assert image_name("a red circle and a blue square", 7) == "a red circle and a blue square_000007.png"
+    assert parse_image_name("a red circle and a blue square_000007.png") == ("a red circle and a blue square", 7)
+    with pytest.raises(ValueError):
+        parse_image_name("a red circle.png")
