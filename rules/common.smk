@@ -39,7 +39,7 @@ wildcard_constraints:
     backbone="|".join(BACKBONES),
     run="|".join(RUNS),
     table="|".join(TABLES),
-    feature_space="shapes|inception|patch_inception",
+    feature_space="shapes|inception",
 
 
 def get_split_dir(split):

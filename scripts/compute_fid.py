@@ -6,11 +6,13 @@ from tsmflow.workflow import setup
 
 setup(snakemake)
 space = snakemake.config["evaluation"]["fid"]["feature_space"]
+validated = True
 if space == "shapes":
-    check_validated(snakemake.input.validation, snakemake.config["evaluation"]["require_validated_evaluator"])
+    validated = check_validated(snakemake.input.validation, snakemake.config["evaluation"]["require_validated_evaluator"])
 model = load_evaluator(snakemake.input.model) if space == "shapes" else None
 mu, sigma, n = folder_stats(model, snakemake.input.images, feature_space=space)
 ref = load_stats(snakemake.input.reference)
 fid = fid_from_stats(mu, sigma, ref["mu"], ref["sigma"])
-write_json(snakemake.output.fid, {"fid": fid, "feature_space": space, "n_samples": n, "n_reference": int(ref["n"])})
-print(f"FID ({space}) = {fid:.3f} from {n} samples vs {int(ref['n'])} reference images")
+write_json(snakemake.output.fid, {"fid": fid, "feature_space": space, "n_samples": n, "n_reference": ref["n"],
+                                  "evaluator_validated": validated})
+print(f"FID ({space}) = {fid:.3f} from {n} samples vs {ref['n']} reference images")

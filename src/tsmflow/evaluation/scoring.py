@@ -51,3 +51,4 @@ def score_folder(evaluator, folder, resolution: int) -> pd.DataFrame:
         rows += [{"category": cat.name, "prompt": p, "idx": i, "file": f"{cat.name}/{f.name}", "score": 100.0 * s}
                  for (p, i), f, s in zip(names, files, scores)]
     return pd.DataFrame(rows)
+
