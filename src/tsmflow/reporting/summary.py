@@ -29,9 +29,11 @@ def foundation_summary(text_dir, vae_dir, vae_metrics, base_dirs, benchmarks_dir
            f"MAE {vm['mae']:.4f}, 95th-percentile per-image MSE {vm['mse_p95']:.5f}.", ""]
     bench = sorted(Path(benchmarks_dir).glob("*/*.tsv"))
     if bench:
-        b = pd.DataFrame([{"job": f"{p.parent.name} {p.stem}" if p.stem != p.parent.name else p.stem,
-                           "wall (s)": round(float(pd.read_csv(p, sep="\t")["s"].iloc[0]), 1),
-                           "max RSS (MB)": round(float(pd.read_csv(p, sep="\t")["max_rss"].iloc[0]), 0)}
-                          for p in bench])
+        rows = []
+        for p in bench:
+            t = pd.read_csv(p, sep="\t").iloc[0]
+            rows.append({"job": f"{p.parent.name} {p.stem}" if p.stem != p.parent.name else p.stem,
+                         "wall (s)": round(float(t["s"]), 1), "max RSS (MB)": round(float(t["max_rss"]), 0)})
+        b = pd.DataFrame(rows)
         out += ["## Wall time per job (Snakemake benchmark files)", "", b.to_markdown(index=False), ""]
     return "\n".join(out)
