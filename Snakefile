@@ -10,6 +10,7 @@ include: "rules/text_encoder.smk"
 include: "rules/vae.smk"
 include: "rules/pretrain.smk"
 include: "rules/summary.smk"
+include: "rules/tsm.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

@@ -2,6 +2,7 @@
 # Paths come from the functions here, never from string concatenation in rules.
 
 import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -15,6 +16,9 @@ if abs(sum(config["data"]["n_objects_p"]) - 1) > 1e-6:
 # scripts import the library from src/ whether or not it is pip-installed (conda envs, cluster nodes)
 _pythonpath = [str(Path(workflow.basedir) / "src"), *filter(None, [os.getenv("PYTHONPATH")])]
 os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
+sys.path.insert(0, _pythonpath[0])  # the Snakefile itself parses expert-set names with the library
+
+from tsmflow.expert_sets import ExpertSet, run_expert_sets  # noqa: E402
 
 RESULTS = "results"
 SPLITS = ["train", "reference"]
@@ -24,9 +28,24 @@ CATEGORIES = ["color", "shape", "texture", "spatial", "non_spatial", "complex"]
 
 RUNS = config["runs"]
 TABLES = config["tables"]
+TASKS = ["gors", "post"]  # domain adaptation on GORS prompt images | post-pretraining on the pre-training data
+EXPERT_SET = r"[a-z0-9]+-[a-z0-9]+-n\d+-r\d+-s\d+(?:-seed\d+)?"
+
+
+def check_expert_set(name, where):
+    es = ExpertSet.parse(name)
+    if es.backbone not in BACKBONES or es.task not in TASKS:
+        raise ValueError(f"config key {where}: expert set {name!r} needs a backbone in {BACKBONES} "
+                         f"and a task in {TASKS}")
+    return es
+
+
 for _run, _spec in RUNS.items():
     if _spec["backbone"] not in BACKBONES:
         raise ValueError(f"config key runs.{_run}.backbone: {_spec['backbone']!r} is not in backbones")
+    for _name in run_expert_sets(_spec):
+        if check_expert_set(_name, f"runs.{_run}").backbone != _spec["backbone"]:
+            raise ValueError(f"config key runs.{_run}: expert set {_name!r} is not on backbone {_spec['backbone']!r}")
 for _table, _decl in TABLES.items():
     for _row in _decl["rows"]:
         for _r in _row.get("runs") or [_row["run"]]:
@@ -40,6 +59,8 @@ wildcard_constraints:
     run="|".join(RUNS),
     table="|".join(TABLES),
     feature_space="shapes|inception",
+    expert_set=EXPERT_SET,
+    interval=r"\d+",
 
 
 def get_split_dir(split):
@@ -62,15 +83,77 @@ def get_run_path(run, name):
     return f"{RESULTS}/runs/{run}/{name}"
 
 
-def get_run_model_inputs(wildcards):
-    """What a run's sampler loads: the base denoiser, or (later stages) its adapters too."""
+def get_prompt_images_dir(backbone):
+    return f"{RESULTS}/gors/{backbone}"
+
+
+def get_task_data(task, backbone):
+    """Fine-tuning data of a task: cached latents and the dataset dir whose labels.jsonl has the captions."""
+    if task == "gors":
+        return {"latents": f"{RESULTS}/gors/{backbone}_latents.safetensors", "data": get_prompt_images_dir(backbone)}
+    if task == "post":
+        return {"latents": f"{RESULTS}/data/train_latents.safetensors", "data": get_split_dir("train")}
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def get_expert_dir(expert_set, interval):
+    return f"{RESULTS}/experts/{expert_set}/expert{interval}"
+
+
+def get_expert_dirs(expert_set):
+    es = check_expert_set(expert_set, "expert set")
+    return [get_expert_dir(expert_set, i) for i in range(es.n)]
+
+
+def _backbone_inputs(backbone):
+    return {"model": get_base_dir(backbone), "vae": get_model_dir("vae"), "text_encoder": get_model_dir("text_encoder")}
+
+
+def get_expert_inputs(wildcards):
+    es = check_expert_set(wildcards.expert_set, "expert set")
+    if int(wildcards.interval) >= es.n:
+        raise ValueError(f"expert set {es.name} has intervals 0..{es.n - 1}, not {wildcards.interval}")
+    return {**_backbone_inputs(es.backbone), **get_task_data(es.task, es.backbone)}
+
+
+def _tsm2_spec(run):
+    spec = RUNS[run]
+    if spec["method"] != "tsm2":
+        raise ValueError(f"run {run!r} is a {spec['method']} run; only tsm2 runs have a router")
+    return spec
+
+
+def get_router_inputs(wildcards):
+    spec = _tsm2_spec(wildcards.run)
+    task = check_expert_set(run_expert_sets(spec)[0], f"runs.{wildcards.run}").task
+    experts = [d for s in run_expert_sets(spec) for d in get_expert_dirs(s)]
+    return {**_backbone_inputs(spec["backbone"]), **get_task_data(task, spec["backbone"]), "experts": experts}
+
+
+def get_moe_inputs(wildcards):
     spec = RUNS[wildcards.run]
-    inputs = {"vae": get_model_dir("vae"), "text_encoder": get_model_dir("text_encoder")}
-    if spec["method"] == "base":
-        inputs["model"] = get_base_dir(spec["backbone"])
-    else:
-        raise ValueError(f"config key runs.{wildcards.run}.method: unknown method {spec['method']!r}")
+    if spec["method"] != "moe_lora":
+        raise ValueError(f"run {wildcards.run!r} is not a moe_lora run")
+    return {**_backbone_inputs(spec["backbone"]), **get_task_data(spec["task"], spec["backbone"])}
+
+
+def get_run_model_inputs(wildcards):
+    """What a run's sampler loads: the base denoiser, plus its experts and router, by method."""
+    spec = RUNS[wildcards.run]
+    inputs = _backbone_inputs(spec["backbone"])
+    if spec["method"] in ("lora", "tsm1", "tsm2"):
+        inputs["experts"] = [d for s in run_expert_sets(spec) for d in get_expert_dirs(s)]
+    if spec["method"] == "tsm2":
+        inputs["router"] = get_run_path(wildcards.run, "router")
+    elif spec["method"] == "moe_lora":
+        inputs["router"] = get_run_path(wildcards.run, "moe")
     return inputs
+
+
+def get_run_trained_dirs(wildcards):
+    """Everything a run trained (expert and router dirs, each with a stats.json): its trainable parameters."""
+    inputs = get_run_model_inputs(wildcards)
+    return list(inputs.get("experts", [])) + ([inputs["router"]] if "router" in inputs else [])
 
 
 def get_fid_reference():

@@ -159,6 +159,7 @@ rule run_metrics:
     input:
         scores=get_run_path("{run}", "compbench_scores.csv"),
         fid=get_run_path("{run}", "fid.json"),
+        trained=get_run_trained_dirs,
     output:
         metrics=get_run_path("{run}", "metrics.json"),
     log:

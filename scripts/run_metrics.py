@@ -1,7 +1,8 @@
-"""One run's metrics.json: CompBench-mini per category (%), FID with its sample count."""
+"""One run's metrics.json: CompBench-mini per category (%), FID with its sample count, trainable parameters."""
 import pandas as pd
 
 from tsmflow.data.io import read_json, write_json
+from tsmflow.runs import trainable_summary
 from tsmflow.workflow import setup
 
 setup(snakemake)
@@ -11,5 +12,7 @@ metrics = {cat: float(g["score"].mean()) for cat, g in scores.groupby("category"
 metrics.update({f"n_images_{cat}": int(len(g)) for cat, g in scores.groupby("category")})
 metrics.update(evaluator_validated=bool(scores["evaluator_validated"].all()), fid=fid["fid"], fid_n_samples=fid["n_samples"], fid_feature_space=fid["feature_space"],
                run=snakemake.wildcards.run, **{f"config_{k}": v for k, v in snakemake.config["runs"][snakemake.wildcards.run].items()})
+metrics.update(trainable_summary(snakemake.config["runs"][snakemake.wildcards.run],
+                                 [read_json(f"{d}/stats.json") for d in snakemake.input.trained]))
 write_json(snakemake.output.metrics, metrics)
 print(metrics)

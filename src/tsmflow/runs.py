@@ -1,11 +1,131 @@
-"""What a run is made of: load the model a run samples from, given its method and its inputs."""
+"""What a run is made of: load the model a run samples from, given its method and its inputs.
+
+Methods (config ``runs.<name>.method``):
+- ``base``: the pre-trained denoiser;
+- ``lora``: one expert set with n=1 (vanilla LoRA);
+- ``tsm1``: TSM 1-stage, expert set ``experts``; the active expert is merged per interval (fast path)
+  unless ``fast_path: false``;
+- ``tsm2``: TSM 2-stage, ``core`` (null for the symmetric mixture) + ``context`` expert sets and a router;
+- ``moe_lora``: experts and a feature router trained jointly (the MoE-LoRA baseline).
+"""
 from __future__ import annotations
 
+from collections import defaultdict
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from .expert_sets import ExpertSet
+from .adapters.lora import load_lora, lora_parts, read_lora_spec
+from .adapters.router import ExpertMixture, MergedIntervalExperts, Scale
+from .data.io import read_json
 from .models.backbone import Backbone, load_mini_backbone
+
+ROUTER_WEIGHTS = "router.safetensors"
+ROUTER_CONFIG = "router.json"
+
+
+def load_expert_sets(backbone: Backbone, expert_dirs) -> dict[str, Scale]:
+    """Load every expert directory as a named peft adapter; group them into one Scale per set."""
+    found: dict[str, dict[int, str]] = defaultdict(dict)
+    for d in expert_dirs:
+        _, cfg = read_lora_spec(d)
+        es = ExpertSet.parse(cfg["expert_set"])
+        name = es.adapter_name(cfg["interval"])
+        load_lora(backbone, d, name)
+        found[es.name][cfg["interval"]] = name
+    scales = {}
+    for set_name, by_i in found.items():
+        n = ExpertSet.parse(set_name).n
+        if sorted(by_i) != list(range(n)):
+            raise ValueError(f"expert set {set_name}: have intervals {sorted(by_i)}, need 0..{n - 1}")
+        scales[set_name] = Scale(n, tuple(by_i[i] for i in range(n)))
+    return scales
+
+
+def lora_models(backbone: Backbone, adapter_dir) -> dict:
+    """The models (by diffusers prefix) a saved adapter's LoRA layers live in."""
+    spec, _ = read_lora_spec(adapter_dir)
+    return {k: m for k, (m, _) in lora_parts(backbone, spec).items()}
+
+
+def build_mixture(backbone: Backbone, spec: dict, scales: dict[str, Scale], models: dict) -> ExpertMixture:
+    core = scales[spec["core"]] if spec.get("core") else None
+    return ExpertMixture(models, core, [scales[c] for c in spec["context"]], backbone.num_train_timesteps,
+                         router_input=spec.get("router_input", "both"), per_token=spec.get("per_token", False))
+
+
+def attach(backbone: Backbone, router, text_encoder_routed: bool) -> Backbone:
+    backbone.routers.append(router)
+    backbone.encode_per_step = backbone.encode_per_step or text_encoder_routed
+    return backbone
+
+
+def load_router(mixture: ExpertMixture, router_dir) -> None:
+    path = Path(router_dir) / ROUTER_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: router not found (has assemble_router run?)")
+    missing, unexpected = mixture.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: router does not match the experts (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
 
 
 def load_run_backbone(spec: dict, inputs) -> Backbone:
     """`spec` is the run's config block; `inputs` the rule's named inputs (model, vae, text_encoder, ...)."""
-    if spec["method"] == "base":
-        return load_mini_backbone(spec["backbone"], inputs.model, inputs.vae, inputs.text_encoder)
-    raise ValueError(f"unknown run method {spec['method']!r}")
+    bb = load_mini_backbone(spec["backbone"], inputs.model, inputs.vae, inputs.text_encoder)
+    method = spec["method"]
+    if method == "base":
+        return bb
+    if method in ("lora", "tsm1", "tsm2"):
+        dirs = list(inputs.experts)
+        scales = load_expert_sets(bb, dirs)
+        models = lora_models(bb, dirs[0])
+        te_routed = any(k.startswith("text_encoder") for k in models)
+        if method == "tsm2":
+            mixture = build_mixture(bb, spec, scales, models)
+            load_router(mixture, inputs.router)
+            return attach(bb, mixture.eval(), te_routed)
+        scale = scales[spec["experts"]]
+        if spec.get("fast_path", True):
+            return attach(bb, MergedIntervalExperts(models, scale, bb.num_train_timesteps), te_routed)
+        return attach(bb, ExpertMixture(models, scale, [], bb.num_train_timesteps), te_routed)
+    if method == "moe_lora":
+        return load_moe_lora(bb, inputs.router)
+    raise ValueError(f"unknown run method {method!r}")
+
+
+def load_moe_lora(bb: Backbone, moe_dir) -> Backbone:
+    cfg = read_json(Path(moe_dir) / ROUTER_CONFIG)
+    dirs = [Path(moe_dir) / f"expert{k}" for k in range(cfg["n_experts"])]
+    names = [f"moe{k}" for k in range(cfg["n_experts"])]
+    for d, name in zip(dirs, names):
+        load_lora(bb, d, name)
+    models = lora_models(bb, dirs[0])
+    mixture = moe_mixture(bb, models, names)
+    load_router(mixture, moe_dir)
+    return attach(bb, mixture.eval(), any(k.startswith("text_encoder") for k in models))
+
+
+def moe_mixture(bb: Backbone, models: dict, names: list[str]) -> ExpertMixture:
+    """MoE-LoRA: every expert covers all timesteps and is gated by softmax(FC(z)); no core, no E(t)."""
+    return ExpertMixture(models, None, [Scale(1, (n,)) for n in names], bb.num_train_timesteps,
+                         router_input="z", gate="softmax")
+
+
+def trainable_summary(spec: dict, stats: list[dict]) -> dict:
+    """Trainable parameters of a run's last training stage, as TSM Table 9 counts them.
+
+    lora / tsm1: all experts (n experts of rank r cost what one rank n*r LoRA costs);
+    tsm2: the routers only (the experts are frozen); moe_lora: experts and router.
+    `stats` are the stats.json of the run's expert dirs and router dir.
+    """
+    method = spec["method"]
+    if method == "base" or not stats:
+        return {}
+    if method == "tsm2":
+        n = sum(s["trainable_params"] for s in stats if "router_params" in s)
+    else:
+        n = sum(s["trainable_params"] for s in stats)
+    total = stats[0]["model_params"]
+    return {"trainable_params": int(n), "trainable_pct": 100.0 * n / total}

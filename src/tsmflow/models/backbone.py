@@ -41,6 +41,10 @@ class Backbone:
     encode_fn: Callable[[list[str]], Cond]
     text_encoders: list = field(default_factory=list)
     family: str = "mini"
+    # adapters that depend on t (TSM experts and routers) get each call's timesteps through route()
+    routers: list = field(default_factory=list)
+    # True when the prompt encoding depends on t too (routed text-encoder LoRA): re-encode every step
+    encode_per_step: bool = False
 
     @property
     def objective(self) -> str:
@@ -60,6 +64,11 @@ class Backbone:
 
     def encode(self, prompts: list[str]) -> Cond:
         return self.encode_fn(list(prompts))
+
+    def route(self, t: torch.Tensor) -> None:
+        """Tell t-dependent adapters the per-sample timesteps of the next encode/predict calls."""
+        for r in self.routers:
+            r.set_timesteps(t)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, denoiser: nn.Module | None = None):
         return predict(self.arch, denoiser or self.denoiser, x, t, cond)

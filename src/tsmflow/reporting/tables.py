@@ -19,10 +19,12 @@ PAPER_DIR = Path(__file__).resolve().parents[3] / "resources" / "paper_numbers"
 PAPER_METRIC = {
     "color": ("Color", "Col"), "shape": ("Shape", "Sha"), "texture": ("Texture", "Tex"),
     "spatial": ("Spatial", "Spa"), "non_spatial": ("Non-Spatial", "NS"), "complex": ("Complex", "Com"),
-    "fid": ("FID",),
+    "fid": ("FID",), "trainable_pct": ("Trainable (%)",),
 }
 METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spatial": "Spatial",
-                "non_spatial": "Non-Spatial", "complex": "Complex", "fid": "FID (shapes features)"}
+                "non_spatial": "Non-Spatial", "complex": "Complex", "fid": "FID (shapes features)",
+                "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)"}
+DIGITS = {"trainable_params": 0, "trainable_pct": 4}
 PAPER_NAME = {"tsm": "TSM", "deme": "DeMe", "dmp": "DMP", "wadi": "WaDi"}
 
 
@@ -66,7 +68,7 @@ def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DI
             rec["row"] += " (UNVALIDATED evaluator)"
         for m in decl["columns"]:
             vals = [metrics[r].get(m) for r in runs]
-            rec[METRIC_LABEL.get(m, m)] = _fmt(vals, 2)
+            rec[METRIC_LABEL.get(m, m)] = _fmt(vals, DIGITS.get(m, 2))
         if "fid" in decl["columns"]:
             ns = sorted({metrics[r].get("fid_n_samples") for r in runs if metrics[r].get("fid_n_samples")})
             rec["FID samples"] = "/".join(str(n) for n in ns) or "n/a"

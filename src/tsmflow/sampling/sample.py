@@ -57,10 +57,14 @@ def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: in
         # flow-matching schedulers start at unit noise and take unscaled inputs
         x = initial_noise(s, backbone.latent_shape).to(device, dtype) * getattr(sched, "init_noise_sigma", 1.0)
         for t in sched.timesteps:
+            tt = t.to(device).expand(2 * n)
+            backbone.route(tt)
+            if backbone.encode_per_step:
+                cond = backbone.encode([""] * n + list(p))
             xin = torch.cat([x, x])
             if hasattr(sched, "scale_model_input"):
                 xin = sched.scale_model_input(xin, t)
-            pred = model_fn(xin, t.to(device).expand(2 * n), cond).float()
+            pred = model_fn(xin, tt, cond).float()
             pu, pc = pred.chunk(2)
             x = sched.step(pu + guidance_scale * (pc - pu), t, x.float()).prev_sample.to(dtype)
         out.append(decode(backbone, x))

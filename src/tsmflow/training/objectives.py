@@ -47,6 +47,8 @@ class DiffusionObjective(nn.Module):
         super().__init__()
         self.denoiser = backbone.denoiser
         self.text_encoders = nn.ModuleList(backbone.text_encoders)
+        # routers are modules too: registering them lets accelerate place and wrap them
+        self.routers = nn.ModuleList([r for r in backbone.routers if isinstance(r, nn.Module)])
         self.backbone = backbone
         self.timesteps = timesteps or UniformTimesteps(0, backbone.num_train_timesteps)
         self.caption_dropout = caption_dropout
@@ -56,9 +58,10 @@ class DiffusionObjective(nn.Module):
         mean, std = batch["latent_mean"], batch["latent_std"]
         x0 = mean + std * torch.randn_like(mean)
         captions = [("" if torch.rand(()) < self.caption_dropout else c) for c in batch["caption"]]
+        t = self.timesteps(x0.shape[0], x0.device)
+        self.backbone.route(t)  # before encoding: text-encoder experts depend on t too
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
             cond = self.backbone.encode(captions)
-        t = self.timesteps(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         xt, target = noisy_and_target(self.backbone.noise_scheduler, self.backbone.objective, x0, noise, t)
         pred = self.backbone.predict(xt, t, cond, denoiser=self.denoiser)

@@ -1,0 +1,120 @@
+# Stage: TimeStep Master. GORS domain-adaptation data, fostering (one LoRA expert per interval),
+# assembling (routers over frozen experts), and the MoE-LoRA baseline.
+
+
+rule generate_prompt_images:
+    input:
+        model=get_base_dir("{backbone}"),
+        vae=get_model_dir("vae"),
+        text_encoder=get_model_dir("text_encoder"),
+        evaluator=get_model_dir("evaluator"),
+        validation=f"{RESULTS}/evaluator/validation.json",
+        prompts=[f for k, f in get_compbench_files().items() if k.endswith("_train")],
+    output:
+        data=directory(get_prompt_images_dir("{backbone}")),
+    params:
+        gors=config["gors"],
+        sampling=config["sampling"],
+        resolution=config["resolution"],
+        require_validated=config["evaluation"]["require_validated_evaluator"],
+    log:
+        get_log("generate_prompt_images", "{backbone}"),
+    benchmark:
+        get_benchmark("generate_prompt_images", "{backbone}")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/generate_prompt_images.py"
+
+
+rule encode_prompt_images:
+    input:
+        data=get_prompt_images_dir("{backbone}"),
+        vae=get_model_dir("vae"),
+    output:
+        latents=get_task_data("gors", "{backbone}")["latents"],
+    log:
+        get_log("encode_prompt_images", "{backbone}"),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/encode_latents.py"
+
+
+rule train_expert:
+    input:
+        unpack(get_expert_inputs),
+    output:
+        expert=directory(get_expert_dir("{expert_set}", "{interval}")),
+    params:
+        lora=config["lora"],
+    log:
+        get_log("train_expert", "{expert_set}", "{interval}"),
+    benchmark:
+        get_benchmark("train_expert", "{expert_set}", "{interval}")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/train_expert.py"
+
+
+rule assemble_router:
+    input:
+        unpack(get_router_inputs),
+    output:
+        router=directory(get_run_path("{run}", "router")),
+    params:
+        spec=lambda wc: RUNS[wc.run],
+        router=config["router"],
+        caption_dropout=config["lora"]["caption_dropout"],
+    log:
+        get_log("assemble_router", "{run}"),
+    benchmark:
+        get_benchmark("assemble_router", "{run}")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/assemble_router.py"
+
+
+rule train_moe_lora:
+    input:
+        unpack(get_moe_inputs),
+    output:
+        router=directory(get_run_path("{run}", "moe")),
+    params:
+        spec=lambda wc: RUNS[wc.run],
+        lora=config["lora"],
+    log:
+        get_log("train_moe_lora", "{run}"),
+    benchmark:
+        get_benchmark("train_moe_lora", "{run}")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/train_moe_lora.py"

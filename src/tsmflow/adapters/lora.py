@@ -1,0 +1,115 @@
+"""LoRA on the papers' target modules, injected with peft and saved in diffusers' LoRA format.
+
+Several named adapters (the TimeStep experts) can live in the same peft LoRA
+layers; `router.py` decides which of them act at a timestep. A saved adapter
+is one directory:
+
+- ``pytorch_lora_weights.safetensors``: diffusers' key layout (``unet.*`` or
+  ``transformer.*`` for the denoiser, ``text_encoder.*``), so a stock
+  StableDiffusionPipeline / StableDiffusion3Pipeline loads it with
+  ``load_lora_weights``;
+- ``adapter_config.json``: rank, alpha and targets, to rebuild the layers here.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch.nn as nn
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+
+from ..models.backbone import Backbone
+
+WEIGHTS = "pytorch_lora_weights.safetensors"
+CONFIG = "adapter_config.json"
+# diffusers' prefix for the denoiser of each architecture
+DENOISER_PREFIX = {"unet": "unet", "dit": "transformer", "mmdit": "transformer"}
+
+
+@dataclass
+class LoraSpec:
+    rank: int
+    alpha: float
+    denoiser_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    text_encoder_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    dropout: float = 0.0
+
+    def config(self, targets: list[str]) -> LoraConfig:
+        # init_lora_weights=True: A Kaiming-uniform, B zero, so a fresh adapter changes nothing
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(targets),
+                          lora_dropout=self.dropout, init_lora_weights=True)
+
+
+def lora_parts(backbone: Backbone, spec: LoraSpec) -> dict[str, tuple[nn.Module, list[str]]]:
+    """The models an adapter touches, keyed by their diffusers prefix, with their target modules."""
+    parts = {DENOISER_PREFIX[backbone.arch]: (backbone.denoiser, spec.denoiser_targets)}
+    if spec.text_encoder_targets:
+        for i, te in enumerate(backbone.text_encoders):
+            parts["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = (te, spec.text_encoder_targets)
+    return parts
+
+
+def _inject(spec: LoraSpec, targets: list[str], model: nn.Module, name: str) -> None:
+    with warnings.catch_warnings():  # several adapters in one model is what experts are
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        inject_adapter_in_model(spec.config(targets), model, adapter_name=name)
+
+
+def add_lora(backbone: Backbone, name: str, spec: LoraSpec) -> list[nn.Parameter]:
+    """Inject adapter `name` into the denoiser (and text encoders); returns its parameters."""
+    params = []
+    for model, targets in lora_parts(backbone, spec).values():
+        _inject(spec, targets, model, name)
+        params += adapter_parameters(model, name)
+    if not params:
+        raise ValueError(f"LoRA targets {spec.denoiser_targets} matched no module of the {backbone.arch} denoiser")
+    return params
+
+
+def adapter_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def save_lora(out_dir, backbone: Backbone, name: str, spec: LoraSpec, extra: dict | None = None) -> None:
+    """Write adapter `name` as diffusers-format safetensors plus its config (into an existing dir)."""
+    out = Path(out_dir)
+    tensors = {}
+    for prefix, (model, _) in lora_parts(backbone, spec).items():
+        sd = get_peft_model_state_dict(model, adapter_name=name)
+        tensors.update({f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in sd.items()})
+    save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt"})
+    (out / CONFIG).write_text(json.dumps({**asdict(spec), "arch": backbone.arch, **(extra or {})}, indent=2))
+
+
+def read_lora_spec(adapter_dir) -> tuple[LoraSpec, dict]:
+    path = Path(adapter_dir) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a saved LoRA adapter (has its training rule run?)")
+    cfg = json.loads(path.read_text())
+    keys = set(LoraSpec.__dataclass_fields__)
+    return LoraSpec(**{k: v for k, v in cfg.items() if k in keys}), cfg
+
+
+def load_lora(backbone: Backbone, adapter_dir, name: str) -> LoraSpec:
+    """Inject a saved adapter under `name` and load its weights (no unpickling)."""
+    spec, cfg = read_lora_spec(adapter_dir)
+    if cfg.get("arch", backbone.arch) != backbone.arch:
+        raise ValueError(f"{adapter_dir}: adapter was trained on {cfg['arch']!r}, not {backbone.arch!r}")
+    tensors = load_file(str(Path(adapter_dir) / WEIGHTS))
+    for prefix, (model, targets) in lora_parts(backbone, spec).items():
+        sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        if not sd:
+            raise ValueError(f"{adapter_dir}: no weights for {prefix!r}")
+        _inject(spec, targets, model, name)
+        result = set_peft_model_state_dict(model, sd, adapter_name=name)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{adapter_dir}: unexpected keys for {prefix}: {result.unexpected_keys[:3]}")
+    return spec

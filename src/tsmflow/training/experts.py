@@ -1,0 +1,75 @@
+"""Stage `train_expert`: TSM's fostering stage, one LoRA expert per timestep interval.
+
+Expert i of a set with n intervals is a fresh LoRA (zero B) on the denoiser's
+attention projections and the text encoder's q/v projections, trained with
+t drawn from interval i only. n=1 is vanilla LoRA. Each expert is its own job.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..adapters.experts import interval_bounds
+from ..expert_sets import ExpertSet
+from ..adapters.lora import LoraSpec, add_lora, save_lora
+from ..data.io import DataError, atomic_dir, read_labels, write_json
+from ..models.backbone import Backbone
+from .loop import TrainConfig, infinite_batches, train
+from .objectives import DiffusionObjective, UniformTimesteps
+
+
+def load_task_data(latents_path, labels_path) -> tuple[dict, dict]:
+    """Cached latents + captions, and a per-sample weight where labels carry a GORS reward."""
+    lat = load_file(str(latents_path))
+    labels = read_labels(labels_path)
+    if len(labels) != len(lat["mean"]):
+        raise DataError(f"{latents_path}: {len(lat['mean'])} latents but {len(labels)} labels in {labels_path}")
+    tensors = {"latent_mean": lat["mean"], "latent_std": lat["std"]}
+    if all("reward" in r for r in labels):
+        tensors["weight"] = torch.tensor([float(r["reward"]) for r in labels])
+    return tensors, {"caption": [r["caption"] for r in labels]}
+
+
+def lora_spec(lora_cfg: dict, rank: int) -> LoraSpec:
+    return LoraSpec(rank=rank, alpha=lora_cfg["alpha_over_rank"] * rank,
+                    denoiser_targets=lora_cfg["denoiser_targets"],
+                    text_encoder_targets=lora_cfg["text_encoder_targets"], dropout=lora_cfg.get("dropout", 0.0))
+
+
+def model_params(backbone: Backbone) -> int:
+    """Denoiser + text encoder parameters, LoRA excluded (the denominator of TSM Table 9's percentage)."""
+    models = [backbone.denoiser, *backbone.text_encoders]
+    return sum(p.numel() for m in models for n, p in m.named_parameters() if "lora_" not in n)
+
+
+def freeze(backbone: Backbone) -> None:
+    for m in [backbone.denoiser, *backbone.text_encoders]:
+        m.requires_grad_(False)
+
+
+def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dict, latents_path, labels_path,
+                 out_dir) -> dict:
+    """Train expert `interval` of expert set `es` on `backbone` (the pre-trained base) and save it."""
+    T = backbone.num_train_timesteps
+    lo, hi = interval_bounds(interval, es.n, T)
+    spec = lora_spec(lora_cfg, es.rank)
+    freeze(backbone)
+    name = es.adapter_name(interval)
+    params = add_lora(backbone, name, spec)
+    tensors, extra = load_task_data(latents_path, labels_path)
+    tcfg = TrainConfig.from_dict({**lora_cfg["train"], "steps": es.steps,
+                                  "seed": lora_cfg["train"].get("seed", 0) + 1000 * es.seed + interval})
+    objective = DiffusionObjective(backbone, timesteps=UniformTimesteps(lo, hi),
+                                   caption_dropout=lora_cfg["caption_dropout"],
+                                   train_text_encoder=bool(spec.text_encoder_targets))
+    with atomic_dir(out_dir) as tmp:
+        stats = train(objective, params, infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra=extra),
+                      tcfg, Path(tmp) / "loss.csv", desc=f"{es.name} expert {interval}")
+        save_lora(tmp, backbone, name, spec, extra={"expert_set": es.name, "interval": interval,
+                                                    "t_range": [lo, hi], "num_train_timesteps": T})
+        stats.update(expert_set=es.name, interval=interval, t_range=[lo, hi], train_samples=len(extra["caption"]),
+                     weighted=("weight" in tensors), model_params=model_params(backbone))
+        write_json(Path(tmp) / "stats.json", stats)
+    return stats
