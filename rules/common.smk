@@ -58,7 +58,7 @@ wildcard_constraints:
     backbone="|".join(BACKBONES),
     run="|".join(RUNS),
     table="|".join(TABLES),
-    feature_space="shapes|inception",
+    feature_space="shapes|patch|inception",
     expert_set=EXPERT_SET,
     interval=r"\d+",
 
@@ -188,6 +188,8 @@ def get_final_outputs():
         *[f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")],
         *[f"{RESULTS}/plots/{t}_{p}.png" for t in TABLES for p in ("categories", "fid")],
         *[get_run_path(r, "grid.png") for t in TABLES for r in get_table_runs(t)],
+        *[get_run_path(r, "gates.png") for t in TABLES for r in get_table_runs(t) if RUNS[r]["method"] == "tsm2"],
+        *[f"{RESULTS}/plots/{t}_score_vs_n.png" for t in TABLES if "score_vs_n" in TABLES[t].get("plots", [])],
         f"{RESULTS}/data/coverage.md",
         f"{RESULTS}/plots/training_curves.png",
         f"{RESULTS}/vae/reconstruction.png",

@@ -78,3 +78,56 @@ rule run_sample_grid:
         "../envs/workflow.yaml"
     script:
         "../scripts/run_sample_grid.py"
+
+
+rule plot_score_vs_n:
+    input:
+        unpack(get_table_metrics),
+    output:
+        plot=report(
+            f"{RESULTS}/plots/{{table}}_score_vs_n.png",
+            caption="../report/score_vs_n.rst",
+            category="Plots",
+            labels={"table": "{table}", "plot": "score vs n"},
+        ),
+    params:
+        decl=lambda wc: config["tables"][wc.table],
+    log:
+        get_log("plot_score_vs_n", "{table}"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/plot_score_vs_n.py"
+
+
+rule plot_router_gates:
+    input:
+        unpack(get_run_model_inputs),
+        prompts=[f for k, f in get_compbench_files().items() if k.endswith("_val")],
+    output:
+        gates=get_run_path("{run}", "gates.csv"),
+        plot=report(
+            get_run_path("{run}", "gates.png"),
+            caption="../report/router_gates.rst",
+            category="Plots",
+            subcategory="Router gates",
+            labels={"run": "{run}", "plot": "gates vs t"},
+        ),
+    params:
+        run=lambda wc: RUNS[wc.run],
+        sampling=config["sampling"],
+    log:
+        get_log("plot_router_gates", "{run}"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/plot_router_gates.py"

@@ -7,9 +7,9 @@ from tsmflow.workflow import setup
 setup(snakemake)
 space = snakemake.config["evaluation"]["fid"]["feature_space"]
 validated = True
-if space == "shapes":
+if space in ("shapes", "patch"):
     validated = check_validated(snakemake.input.validation, snakemake.config["evaluation"]["require_validated_evaluator"])
-model = load_evaluator(snakemake.input.model) if space == "shapes" else None
+model = load_evaluator(snakemake.input.model) if space in ("shapes", "patch") else None
 mu, sigma, n = folder_stats(model, snakemake.input.images, feature_space=space)
 ref = load_stats(snakemake.input.reference)
 fid = fid_from_stats(mu, sigma, ref["mu"], ref["sigma"])

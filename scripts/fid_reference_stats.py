@@ -5,7 +5,7 @@ from tsmflow.workflow import setup
 
 setup(snakemake)
 space = snakemake.wildcards.feature_space
-model = load_evaluator(snakemake.input.model) if space == "shapes" else None
+model = load_evaluator(snakemake.input.model) if space in ("shapes", "patch") else None
 mu, sigma, n = folder_stats(model, f"{snakemake.input.data}/images", feature_space=space)
 save_stats(snakemake.output.stats, mu, sigma, n, feature_space=space)
 print(f"reference stats ({space}): {n} images")

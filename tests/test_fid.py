@@ -93,3 +93,11 @@ def test_errors_name_the_problem(tmp_path, model):
         folder_stats(model, tmp_path / "empty", feature_space="clip")
     with pytest.raises(ValueError, match="needs the evaluator"):
         folder_stats(None, tmp_path / "empty")
+
+
+def test_patch_fid_features_every_quadrant_and_ranks_blur(model, folders, stats):
+    x = torch.rand(3, 3, 299, 299) * 255
+    assert FeatureExtractor(model, patches=True)(x).shape == (12, 96)
+    p = {k: folder_stats(model, folders[k], batch_size=64, feature_space="patch") for k in ("a", "b", "blur")}
+    assert p["a"][2] == 4 * N  # four patches per image
+    assert fid_from_stats(*p["a"][:2], *p["blur"][:2]) > 3 * fid_from_stats(*p["a"][:2], *p["b"][:2])

@@ -91,6 +91,7 @@ class ExpertMixture(nn.Module):
         self._layers: dict[str, LoraLayer] = {}
         self._hooks = []
         self._t: torch.Tensor | None = None
+        self.recorded: list[dict] | None = None  # set to [] to log every gate (for the gate-vs-t plot)
         names = set((core.names if core else ()) + sum((s.names for s in self.context), ()))
         for prefix, model in models.items():
             for lname, layer in model.named_modules():
@@ -109,8 +110,9 @@ class ExpertMixture(nn.Module):
         if not self._layers:
             raise ValueError("no peft LoRA layers found: load the experts before assembling them")
 
-    def set_timesteps(self, t: torch.Tensor) -> None:
+    def set_timesteps(self, t: torch.Tensor) -> bool:
         self._t = t
+        return True  # gates depend on t itself
 
     def remove(self) -> None:
         for h in self._hooks:
@@ -135,6 +137,10 @@ class ExpertMixture(nn.Module):
                 delta = self._add_scale(layer, x, t, self.core, None, delta)
             if self.context:
                 g = self.gates(key, x, t)
+                if self.recorded is not None:
+                    gm = g.detach().float().reshape(g.shape[0], -1, g.shape[-1]).mean(dim=1)
+                    self.recorded += [{"layer": key, "t": float(tb), "scale": j, "gate": float(v)}
+                                      for tb, row in zip(t.tolist(), gm.tolist()) for j, v in enumerate(row)]
                 for j, scale in enumerate(self.context):
                     delta = self._add_scale(layer, x, t, scale, g[..., j], delta)
             return output + delta
@@ -170,18 +176,19 @@ class MergedIntervalExperts:
         self.active: int | None = None
         self.merges = 0
 
-    def set_timesteps(self, t: torch.Tensor) -> None:
+    def set_timesteps(self, t: torch.Tensor) -> bool:
         if not bool((t == t.flatten()[0]).all()):
             raise ValueError("the merged fast path needs one timestep per batch; use ExpertMixture")
         i = int(interval_of(t.flatten()[:1], self.scale.n, self.num_timesteps))
         if i == self.active:
-            return
+            return False
         self.restore()
         for layer in self.layers:
             layer.enable_adapters(True)
             layer.merge(adapter_names=[self.scale.names[i]])
         self.active = i
         self.merges += 1
+        return True
 
     def restore(self) -> None:
         if self.active is not None:

@@ -25,19 +25,31 @@ from .evaluator import Detector
 
 
 class FeatureExtractor(nn.Module):
-    """clean-fid custom extractor: float (B, 3, H, W) in 0..255 -> (B, D) evaluator features."""
+    """clean-fid custom extractor: float (B, 3, H, W) in 0..255 -> (B, D) evaluator features.
 
-    def __init__(self, model: Detector):
+    patches=True is Patch-FID: each image's four half-size quadrants are upsampled to the
+    evaluator's resolution and featurised separately, (B, ...) -> (4B, D), so local detail
+    (edges, textures) weighs more than the global layout, as the TSM paper's Patch-FID intends.
+    """
+
+    def __init__(self, model: Detector, patches: bool = False):
         super().__init__()
         self.model = model.eval()
         self.resolution = model.resolution
+        self.patches = patches
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (self.resolution, self.resolution):
+            return x
+        return F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
+                             align_corners=False, antialias=True)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if x.shape[-2:] != (self.resolution, self.resolution):
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
-                              align_corners=False, antialias=True)
+        x = self._resize(x.float())
+        if self.patches:
+            h = self.resolution // 2
+            x = self._resize(torch.cat([x[..., i:i + h, j:j + h] for i in (0, h) for j in (0, h)]))
         return self.model.features(x.clamp(0, 255) / 127.5 - 1)
 
 
@@ -51,7 +63,7 @@ def _device(device=None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-FEATURE_SPACES = ("shapes", "inception")
+FEATURE_SPACES = ("shapes", "patch", "inception")
 
 
 def folder_features(model: Detector | None, folder, batch_size: int = 128, num: int | None = None,
@@ -60,6 +72,7 @@ def folder_features(model: Detector | None, folder, batch_size: int = 128, num: 
     """(N, D) features of every image under `folder` (recursively), via clean-fid.
 
     feature_space "shapes": the evaluator's penultimate features (`model` required);
+    "patch": the same features of each image's four quadrants (Patch-FID);
     "inception": clean-fid's standard Inception-V3 (downloads weights on first use).
     """
     folder = Path(folder)
@@ -68,10 +81,11 @@ def folder_features(model: Detector | None, folder, batch_size: int = 128, num: 
     if feature_space not in FEATURE_SPACES:
         raise ValueError(f"unknown FID feature space {feature_space!r}; expected one of {FEATURE_SPACES}")
     dev = _device(device)
-    if feature_space == "shapes":
+    if feature_space in ("shapes", "patch"):
         if model is None:
-            raise ValueError("FID in the shapes feature space needs the evaluator model")
-        extractor, resize = FeatureExtractor(model.to(dev)).to(dev), (_native if native else None)
+            raise ValueError(f"FID in the {feature_space} feature space needs the evaluator model")
+        extractor = FeatureExtractor(model.to(dev), patches=feature_space == "patch").to(dev)
+        resize = _native if native else None
     else:
         extractor, resize = build_feature_extractor("clean", dev, use_dataparallel=False), None
     try:

@@ -65,10 +65,15 @@ class Backbone:
     def encode(self, prompts: list[str]) -> Cond:
         return self.encode_fn(list(prompts))
 
-    def route(self, t: torch.Tensor) -> None:
-        """Tell t-dependent adapters the per-sample timesteps of the next encode/predict calls."""
+    def route(self, t: torch.Tensor) -> bool:
+        """Tell t-dependent adapters the per-sample timesteps of the next encode/predict calls.
+
+        Returns whether any adapter changed what it computes (so a t-dependent prompt
+        encoding must be redone)."""
+        changed = False
         for r in self.routers:
-            r.set_timesteps(t)
+            changed = bool(r.set_timesteps(t)) or changed
+        return changed
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, denoiser: nn.Module | None = None):
         return predict(self.arch, denoiser or self.denoiser, x, t, cond)

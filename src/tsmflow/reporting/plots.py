@@ -110,3 +110,60 @@ def fid_bars(decl: dict, metrics: dict[str, dict], path) -> None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
+
+
+def score_vs_n(decl: dict, metrics: dict[str, dict], path) -> None:
+    """TSM Table 8 as curves: mean CompBench-mini score against the number of intervals n.
+
+    Rows are read from their paper_setting ``n=..;r=..;step=..``: one curve per backbone block
+    at the standard per-expert steps, one per block at equal total budget (n x steps = const).
+    """
+    cats = [c for c in CATEGORY_ORDER if c in decl["columns"]]
+    recs = []
+    for row in decl["rows"]:
+        kv = dict(p.split("=") for p in row.get("paper_setting", "").split(";") if "=" in p)
+        if not {"n", "r", "step"} <= set(kv) or kv["r"] != "4":
+            continue
+        runs = row.get("runs") or [row["run"]]
+        score = np.mean([np.mean([metrics[r][c] for c in cats]) for r in runs])
+        recs.append({"block": row.get("paper_block", ""), "n": int(kv["n"]), "step": int(kv["step"]),
+                     "budget": int(kv["n"]) * int(kv["step"]), "score": score})
+    df = pd.DataFrame(recs)
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    if not df.empty:
+        std_step = df["step"].mode().iloc[0]
+        budget = df["budget"].max()
+        for block, g in df.groupby("block"):
+            a = g[g["step"] == std_step].sort_values("n")
+            line, = ax.plot(a["n"], a["score"], "o-", label=f"{block}: {std_step} steps per expert")
+            b = g[g["budget"] == budget].sort_values("n")
+            ax.plot(b["n"], b["score"], "s--", color=line.get_color(), label=f"{block}: n x steps = {budget}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("intervals n (experts)")
+    ax.set_ylabel("mean CompBench-mini score (%)")
+    ax.set_title("TSM 1-stage: score vs n (paper step units)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def gates_vs_t(records: pd.DataFrame, context_names: list[str], path, title: str = "") -> None:
+    """Router gate value against t per context scale: mean over layers and samples, band = layer spread."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    for j, name in enumerate(context_names):
+        g = records[records["scale"] == j]
+        per_layer = g.groupby(["t", "layer"])["gate"].mean().unstack()
+        t = per_layer.index.to_numpy()
+        mean = per_layer.mean(axis=1).to_numpy()
+        lo, hi = per_layer.quantile(0.1, axis=1).to_numpy(), per_layer.quantile(0.9, axis=1).to_numpy()
+        ax.plot(t, mean, label=f"context {name}")
+        ax.fill_between(t, lo, hi, alpha=0.2)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("timestep t (diffusers convention, 0 = clean)")
+    ax.set_ylabel("gate G(z_t, t)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)

@@ -22,7 +22,7 @@ PAPER_METRIC = {
     "fid": ("FID",), "trainable_pct": ("Trainable (%)",),
 }
 METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spatial": "Spatial",
-                "non_spatial": "Non-Spatial", "complex": "Complex", "fid": "FID (shapes features)",
+                "non_spatial": "Non-Spatial", "complex": "Complex", "fid": "FID",
                 "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)"}
 DIGITS = {"trainable_params": 0, "trainable_pct": 4}
 PAPER_NAME = {"tsm": "TSM", "deme": "DeMe", "dmp": "DMP", "wadi": "WaDi"}
@@ -68,7 +68,10 @@ def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DI
             rec["row"] += " (UNVALIDATED evaluator)"
         for m in decl["columns"]:
             vals = [metrics[r].get(m) for r in runs]
-            rec[METRIC_LABEL.get(m, m)] = _fmt(vals, DIGITS.get(m, 2))
+            label = METRIC_LABEL.get(m, m)
+            if m == "fid":  # name the feature space: shapes, patch (Patch-FID) or inception
+                label = f"FID ({metrics[runs[0]].get('fid_feature_space', 'shapes')} features)"
+            rec[label] = _fmt(vals, DIGITS.get(m, 2))
         if "fid" in decl["columns"]:
             ns = sorted({metrics[r].get("fid_n_samples") for r in runs if metrics[r].get("fid_n_samples")})
             rec["FID samples"] = "/".join(str(n) for n in ns) or "n/a"

@@ -58,8 +58,7 @@ def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: in
         x = initial_noise(s, backbone.latent_shape).to(device, dtype) * getattr(sched, "init_noise_sigma", 1.0)
         for t in sched.timesteps:
             tt = t.to(device).expand(2 * n)
-            backbone.route(tt)
-            if backbone.encode_per_step:
+            if backbone.route(tt) and backbone.encode_per_step:  # t-dependent text-encoder adapters
                 cond = backbone.encode([""] * n + list(p))
             xin = torch.cat([x, x])
             if hasattr(sched, "scale_model_input"):
