@@ -18,7 +18,7 @@ def run(snakemake_bin, root, workdir, *args, timeout=900):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, snakemake_bin, root):
     workdir = tmp_path_factory.mktemp("smoke")
-    r = run(snakemake_bin, root, workdir)
+    r = run(snakemake_bin, root, workdir, timeout=1500)
     assert r.returncode == 0, r.stderr[-4000:]
     return workdir
 
@@ -77,6 +77,27 @@ def test_evaluation_outputs(smoke):
     assert "[TSM Table 1]" in table and "unet (pre-trained)" in table and "36.97" in table
     for ext in ("csv", "tex"):
         assert (res / f"tables/base_models.{ext}").is_file()
+
+
+def test_tsm_stages(smoke):
+    res = smoke / "results"
+    gors = json.loads((res / "gors/unet/summary.json").read_text())
+    assert gors["generated"] == 6 * 6 and 0 < gors["kept"] <= gors["generated"]
+    # one job (log, benchmark, directory) per expert: n=2 core set and n=1 context set
+    for es, n in [("unet-gors-n2-r2-s2", 2), ("unet-gors-n1-r2-s2", 1), ("mmdit-post-n2-r2-s2", 2)]:
+        for i in range(n):
+            d = res / f"experts/{es}/expert{i}"
+            assert (d / "pytorch_lora_weights.safetensors").is_file(), d
+            assert (res / f"logs/train_expert/{es}_{i}.log").is_file()
+            assert json.loads((d / "stats.json").read_text())["interval"] == i
+    for run in ["tsm1_unet", "tsm2_unet", "moe_unet", "tsm2_mmdit"]:
+        m = json.loads((res / f"runs/{run}/metrics.json").read_text())
+        assert 0 <= m["color"] <= 100 and m["trainable_params"] > 0, run
+    gates = (res / "runs/tsm2_unet/gates.csv").read_text().splitlines()
+    assert gates[0] == "layer,t,scale,gate" and len(gates) > 100
+    assert (res / "runs/tsm2_mmdit/gates.png").is_file() and (res / "plots/tsm_table4_score_vs_n.png").is_file()
+    table = (res / "tables/tsm_table4.md").read_text()
+    assert "TSM 2-stage" in table and "Color [TSM Table 4]" in table and "Trainable (%)" in table
 
 
 def test_report_gathers_tables_and_images(smoke, snakemake_bin, root):

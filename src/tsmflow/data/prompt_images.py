@@ -42,7 +42,8 @@ def generate_prompt_images(backbone, evaluator, prompt_files: dict[str, str], cf
             raise DataError(f"GORS kept no image: every score is below gors.threshold {cfg['threshold']}; "
                             "lower the thresholds or raise gors.images_per_prompt")
         write_labels(tmp / "labels.jsonl", [
-            {"file": f"images/{r.file}", "caption": r.prompt, "category": r.category, "reward": r.reward}
+            {"file": f"images/{r.file}", "caption": r.prompt, "category": r.category, "reward": r.reward,
+             "resolution": resolution}
             for r in keep.itertuples()])
         summary = {
             "generated": len(scores), "kept": len(keep),

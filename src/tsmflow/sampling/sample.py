@@ -46,19 +46,22 @@ def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: in
     model_fn = model_fn or backbone.predict
     device = backbone.device
     dtype = next(backbone.denoiser.parameters()).dtype
-    uncond = backbone.encode([""])
+    # t-dependent text-encoder adapters: encode inside the loop, once the timestep is routed
+    per_step = backbone.encode_per_step
+    uncond = None if per_step else backbone.encode([""])
     out = []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, mininterval=2.0):
         p, s = prompts[i:i + batch_size], seeds[i:i + batch_size]
         n = len(p)
-        cond = cat_cond(repeat_cond(uncond, n), backbone.encode(p))
+        cond = None if per_step else cat_cond(repeat_cond(uncond, n), backbone.encode(p))
         sched = inference_scheduler(backbone)
         sched.set_timesteps(steps, device=device)
         # flow-matching schedulers start at unit noise and take unscaled inputs
         x = initial_noise(s, backbone.latent_shape).to(device, dtype) * getattr(sched, "init_noise_sigma", 1.0)
         for t in sched.timesteps:
             tt = t.to(device).expand(2 * n)
-            if backbone.route(tt) and backbone.encode_per_step:  # t-dependent text-encoder adapters
+            changed = backbone.route(tt)
+            if per_step and (changed or cond is None):
                 cond = backbone.encode([""] * n + list(p))
             xin = torch.cat([x, x])
             if hasattr(sched, "scale_model_input"):

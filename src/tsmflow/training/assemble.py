@@ -71,7 +71,7 @@ def train_moe_lora(backbone: Backbone, spec: dict, lora_cfg: dict, latents_path,
     with atomic_dir(out_dir) as tmp:
         tmp = Path(tmp)
         stats = _train_mixture(backbone, mixture, params, train_cfg, lora_cfg["caption_dropout"], latents_path,
-                               labels_path, tmp, desc=f"MoE-LoRA {spec['experts']}x r{spec['rank']}")
+                               labels_path, tmp, desc=f"MoE-LoRA {spec['n_experts']}x r{spec['rank']}")
         for k, name in enumerate(names):
             (tmp / f"expert{k}").mkdir()
             save_lora(tmp / f"expert{k}", backbone, name, lspec, extra={"moe_expert": k})
