@@ -61,3 +61,23 @@ def test_bad_backbone_config(root, tmp_path):
         load_backbone_config(tmp_path / "b.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_backbone_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["runs"]["tsm1_unet"].__setitem__("experts", "unet-gors-n8-r4"), "experts"),
+    (lambda c: c["runs"]["tsm2_unet"].pop("context"), "context"),
+    (lambda c: c["lora"]["train"].__setitem__("steps", 5), "steps"),
+    (lambda c: c["runs"]["tsm1_unet"].__setitem__("experts", "dit-gors-n2-r2-s2"), "is not on backbone 'unet'"),
+    (lambda c: c["runs"]["tsm1_unet"].__setitem__("experts", "unet-coco-n2-r2-s2"), "a task in"),
+])
+def test_bad_tsm_runs_fail_before_any_job(snakemake_bin, root, tmp_path, mutate, needle):
+    r = dry_run(snakemake_bin, root, tmp_path, mutate)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and needle in out, out[-2000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_experts_of_a_set_are_separate_jobs(snakemake_bin, root, tmp_path):
+    r = dry_run(snakemake_bin, root, tmp_path, lambda c: None)
+    for i in range(2):  # smoke's core set has n=2: one train_expert job per interval
+        assert f"results/experts/unet-gors-n2-r2-s2/expert{i}" in r.stdout

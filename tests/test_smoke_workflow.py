@@ -105,7 +105,8 @@ def test_report_gathers_tables_and_images(smoke, snakemake_bin, root):
     r = run(snakemake_bin, root, smoke, "--report", str(report))
     assert r.returncode == 0, r.stderr[-3000:]
     html = report.read_text(errors="replace")
-    for needle in ["base_models.md", "validation.md", "unet.png", "grid.png", "training_curves.png",
+    for needle in ["base_models.md", "tsm_table4.md", "gates.png", "tsm_table4_score_vs_n.png", "validation.md",
+                   "unet.png", "grid.png", "training_curves.png",
                    "base_models_categories.png", "image/png"]:
         assert needle in html, needle
 
