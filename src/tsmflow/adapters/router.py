@@ -148,16 +148,19 @@ class ExpertMixture(nn.Module):
 
     def _add_scale(self, layer, x, t, scale: Scale, weight, delta):
         idx = interval_of(t, scale.n, self.num_timesteps)
-        for e in idx.unique().tolist():
-            sel = (idx == e).nonzero(as_tuple=True)[0]
+        experts = idx.unique().tolist()
+        for e in experts:
+            # sampling: the whole batch shares t, so skip the gather/scatter
+            whole = len(experts) == 1
+            sel = None if whole else (idx == e).nonzero(as_tuple=True)[0]
             name = scale.names[e]
-            xs = x[sel]
+            xs = x if whole else x[sel]
             d = layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](xs.to(layer.lora_A[name].weight.dtype))))
             d = d * layer.scaling[name]
             if weight is not None:
-                w = weight[sel]
+                w = weight if whole else weight[sel]
                 d = d * w.unsqueeze(-1) if w.ndim == d.ndim - 1 else d * w.view(-1, *([1] * (d.ndim - 1)))
-            delta = delta.index_add(0, sel, d.to(delta.dtype))
+            delta = delta + d.to(delta.dtype) if whole else delta.index_add(0, sel, d.to(delta.dtype))
         return delta
 
 
