@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +21,22 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def snakemake_bin() -> str:
     return str(BIN / "snakemake")
+
+
+def run_smoke(snakemake_bin, root, workdir, *args, timeout=900, configfile=None):
+    """Snakemake on the smoke config in `workdir`; returns the CompletedProcess."""
+    cmd = [snakemake_bin, "-s", str(root / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile or root / "config/smoke.yaml"), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory, snakemake_bin, root):
+    """The whole smoke DAG, run once per session (tests using it share the xdist group "smoke")."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    r = run_smoke(snakemake_bin, root, workdir, timeout=1500)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return workdir
 
 
 def _mini_components(tmp: Path, arch: str, objective: str = "eps"):

@@ -1,26 +1,15 @@
-"""The smoke workflow end to end through Snakemake (config/smoke.yaml), in a scratch directory."""
+"""The smoke workflow end to end through Snakemake (config/smoke.yaml), in a scratch directory.
+
+The `smoke` fixture (conftest.py) runs the whole DAG once per session."""
 import json
-import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_smoke as run
+
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke")]
-
-
-def run(snakemake_bin, root, workdir, *args, timeout=900):
-    cmd = [snakemake_bin, "-s", str(root / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(root / "config/smoke.yaml"), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, snakemake_bin, root):
-    workdir = tmp_path_factory.mktemp("smoke")
-    r = run(snakemake_bin, root, workdir, timeout=1500)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return workdir
 
 
 def test_every_rule_ran_and_logged(smoke):

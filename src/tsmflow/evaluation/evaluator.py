@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..data import grammar as G
-from ..data.io import DataError, atomic_dir, load_dataset, write_json
+from ..data.io import DataError, load_dataset, write_json
 from ..data.world import COLORS, SHAPES, SIZE_FRACTION, SIZES, TEXTURES, Obj, Scene, place, render
-from ..training.loop import TrainConfig, infinite_batches, make_accelerator, train
+from ..training.loop import TrainConfig, infinite_batches, make_accelerator, resumable_output, train
 from ..training.text_encoder import to_pixels
 
 # head order; each attribute's values in the renderer's order
@@ -251,12 +251,12 @@ def train_evaluator(cfg: dict, resolution: int, out_dir, data_dir=None) -> dict:
         phases.append(replace(tcfg, steps=tcfg.steps - n1, lr=tcfg.lr * drop["factor"], warmup_steps=0,
                               seed=tcfg.seed + 1))
     acc = make_accelerator(tcfg)
-    with atomic_dir(out_dir) as tmp:
-        tmp = Path(tmp)
+    with resumable_output(out_dir) as (tmp, ckpt):
         runs = []
         for k, pcfg in enumerate(phases):
             runs.append(train(objective, model.parameters(), batches, pcfg, tmp / f"loss_phase{k}.csv",
-                              desc=f"evaluator (detector) phase {k + 1}/{len(phases)}", accelerator=acc))
+                              desc=f"evaluator (detector) phase {k + 1}/{len(phases)}", accelerator=acc,
+                              checkpoint=ckpt / f"phase{k}.safetensors"))
         _merge_curves([tmp / f"loss_phase{k}.csv" for k in range(len(phases))], tmp / "loss.csv")
         stats = {"steps": tcfg.steps, "samples_seen": sum(r["samples_seen"] for r in runs),
                  "wall_s": sum(r["wall_s"] for r in runs), "final_loss": runs[-1]["final_loss"],

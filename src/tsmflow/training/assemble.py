@@ -12,23 +12,23 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ..adapters.lora import add_lora, adapter_parameters, lora_parts, save_lora
-from ..data.io import atomic_dir, write_json
+from ..data.io import write_json
 from ..models.backbone import Backbone
 from ..runs import ROUTER_CONFIG, ROUTER_WEIGHTS, attach, build_mixture, load_expert_sets, lora_models, moe_mixture
 from .experts import freeze, load_task_data, lora_spec, model_params
-from .loop import TrainConfig, infinite_batches, train
+from .loop import TrainConfig, infinite_batches, resumable_output, train
 from .objectives import DiffusionObjective
 
 
 def _train_mixture(backbone, mixture, params, train_cfg: dict, caption_dropout: float, latents_path,
-                   labels_path, tmp: Path, desc: str) -> dict:
+                   labels_path, tmp: Path, ckpt: Path, desc: str) -> dict:
     tensors, extra = load_task_data(latents_path, labels_path)
     tcfg = TrainConfig.from_dict(train_cfg)
     te_routed = any(k.startswith("text_encoder") for k in mixture.routers.keys()) or backbone.encode_per_step
     attach(backbone, mixture, te_routed)
     objective = DiffusionObjective(backbone, caption_dropout=caption_dropout, train_text_encoder=te_routed)
     stats = train(objective, params, infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra=extra),
-                  tcfg, tmp / "loss.csv", desc=desc)
+                  tcfg, tmp / "loss.csv", desc=desc, checkpoint=ckpt / "train.safetensors")
     save_file({k: v.detach().contiguous().cpu() for k, v in mixture.state_dict().items()},
               str(tmp / ROUTER_WEIGHTS), metadata={"format": "pt"})
     stats.update(train_samples=len(extra["caption"]), model_params=model_params(backbone))
@@ -42,10 +42,9 @@ def assemble_router(backbone: Backbone, spec: dict, expert_dirs, router_cfg: dic
     models = lora_models(backbone, list(expert_dirs)[0])
     mixture = build_mixture(backbone, spec, scales, models)
     params = list(mixture.parameters())
-    with atomic_dir(out_dir) as tmp:
-        tmp = Path(tmp)
+    with resumable_output(out_dir) as (tmp, ckpt):
         stats = _train_mixture(backbone, mixture, params, router_cfg["train"], caption_dropout, latents_path,
-                               labels_path, tmp, desc=f"assemble router ({spec.get('core')} + {spec['context']})")
+                               labels_path, tmp, ckpt, desc=f"assemble router ({spec.get('core')} + {spec['context']})")
         stats.update(core=spec.get("core"), context=list(spec["context"]),
                      router_input=spec.get("router_input", "both"), per_token=spec.get("per_token", False),
                      router_params=sum(p.numel() for p in params))
@@ -68,10 +67,9 @@ def train_moe_lora(backbone: Backbone, spec: dict, lora_cfg: dict, latents_path,
         p.requires_grad_(True)
     params = experts + list(mixture.parameters())
     train_cfg = {**lora_cfg["train"], "steps": spec["steps"]}
-    with atomic_dir(out_dir) as tmp:
-        tmp = Path(tmp)
+    with resumable_output(out_dir) as (tmp, ckpt):
         stats = _train_mixture(backbone, mixture, params, train_cfg, lora_cfg["caption_dropout"], latents_path,
-                               labels_path, tmp, desc=f"MoE-LoRA {spec['n_experts']}x r{spec['rank']}")
+                               labels_path, tmp, ckpt, desc=f"MoE-LoRA {spec['n_experts']}x r{spec['rank']}")
         for k, name in enumerate(names):
             (tmp / f"expert{k}").mkdir()
             save_lora(tmp / f"expert{k}", backbone, name, lspec, extra={"moe_expert": k})

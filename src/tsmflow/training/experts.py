@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from ..adapters.experts import interval_bounds
 from ..expert_sets import ExpertSet
 from ..adapters.lora import LoraSpec, add_lora, save_lora
-from ..data.io import DataError, atomic_dir, read_labels, write_json
+from ..data.io import DataError, read_labels, write_json
 from ..models.backbone import Backbone
-from .loop import TrainConfig, infinite_batches, train
+from .loop import TrainConfig, infinite_batches, resumable_output, train
 from .objectives import DiffusionObjective, UniformTimesteps
 
 
@@ -64,9 +64,10 @@ def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dic
     objective = DiffusionObjective(backbone, timesteps=UniformTimesteps(lo, hi),
                                    caption_dropout=lora_cfg["caption_dropout"],
                                    train_text_encoder=bool(spec.text_encoder_targets))
-    with atomic_dir(out_dir) as tmp:
+    with resumable_output(out_dir) as (tmp, ckpt):
         stats = train(objective, params, infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra=extra),
-                      tcfg, Path(tmp) / "loss.csv", desc=f"{es.name} expert {interval}")
+                      tcfg, tmp / "loss.csv", desc=f"{es.name} expert {interval}",
+                      checkpoint=ckpt / "train.safetensors")
         save_lora(tmp, backbone, name, spec, extra={"expert_set": es.name, "interval": interval,
                                                     "t_range": [lo, hi], "num_train_timesteps": T})
         stats.update(expert_set=es.name, interval=interval, t_range=[lo, hi], train_samples=len(extra["caption"]),

@@ -4,23 +4,42 @@ What changes between stages is the objective (an nn.Module whose forward maps a
 batch to a scalar loss) and the batches it is fed; the loop owns devices, mixed
 precision, gradient accumulation, clipping, the progress bar, NaN checks and the
 loss curve CSV written beside the checkpoint.
+
+Resuming: given a `checkpoint` path, the loop saves the trainable parameters,
+optimizer, scheduler and RNG states there every `checkpoint_every` steps (one
+safetensors file, written atomically; the bookkeeping rides in its metadata,
+so nothing is ever unpickled). A rerun of a killed job finds it, restores all
+of it, and fast-forwards the batch iterator, so on a CPU the final weights
+equal an uninterrupted run's. `resumable_output` gives each training stage its
+output directory and a checkpoint path that outlives a killed job.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import logging
 import math
+import random
+import shutil
 import time
-from dataclasses import dataclass, fields
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..data.io import atomic_path
+from ..data.io import atomic_dir, atomic_path
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,6 +57,7 @@ class TrainConfig:
     warmup_steps: int = 0
     mixed_precision: str = "auto"  # "auto": bf16 on a GPU, fp32 on a CPU
     log_every: int = 25
+    checkpoint_every: int = 100  # optimizer steps between resume checkpoints (0: only at the end)
     seed: int = 0
 
     @classmethod
@@ -60,14 +80,31 @@ def to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+@contextmanager
+def resumable_output(out_dir):
+    """`atomic_dir(out_dir)` and a checkpoint folder beside it that survives a killed job.
+
+    Yields (tmp, ckpt_dir). Snakemake deletes a failed job's declared outputs, so the
+    checkpoints live in a hidden sibling it does not know about; they are removed
+    once the finished output has been renamed into place.
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir.parent / f".{out_dir.name}.ckpt"
+    with atomic_dir(out_dir) as tmp:
+        yield Path(tmp), ckpt_dir
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
 def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: Iterator[dict],
           cfg: TrainConfig, loss_csv: str | Path, desc: str = "train",
-          accelerator: Accelerator | None = None) -> dict:
+          accelerator: Accelerator | None = None, checkpoint: str | Path | None = None) -> dict:
     """Optimise `params` of `objective` for cfg.steps optimizer steps.
 
     Returns throughput and timing stats. Raises NonFiniteLossError naming the
-    step if the loss becomes NaN/inf; nothing is saved by the loop itself, so a
-    failed run leaves no output that looks complete.
+    step if the loss becomes NaN/inf; the loop writes no output of its own, so a
+    failed run leaves nothing that looks complete. With `checkpoint`, training
+    resumes from that file if it holds a matching earlier run, and saves it
+    every cfg.checkpoint_every steps and at the end.
     """
     set_seed(cfg.seed)
     acc = accelerator or make_accelerator(cfg)
@@ -80,12 +117,20 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
     objective, opt, sched = acc.prepare(objective, opt, sched)
     objective.train()
 
-    rows, window, seen = [], [], 0
-    t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, desc=desc, disable=not acc.is_local_main_process, mininterval=2.0)
-    step = 0
+    rows, window, seen, step, drawn, before = [], [], 0, 0, 0, 0.0
+    fingerprint = _fingerprint(desc, cfg, params)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = _load_checkpoint(checkpoint, fingerprint, params, opt, sched)
+        if state is not None:
+            step, drawn, seen, rows, before = (state[k] for k in ("step", "drawn", "seen", "rows", "elapsed_s"))
+            for _ in range(drawn):  # the same batches an uninterrupted run would see next
+                next(batches)
+            print(f"{desc}: resumed from {checkpoint} at optimizer step {step}/{cfg.steps}", flush=True)
+    t0 = time.perf_counter() - before
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not acc.is_local_main_process, mininterval=2.0)
     while step < cfg.steps:
         batch = to_device(next(batches), acc.device)
+        drawn += 1
         with acc.accumulate(objective):
             loss = objective(batch)
             if not torch.isfinite(loss):
@@ -110,12 +155,84 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
                          "samples_per_s": seen / elapsed, "elapsed_s": elapsed})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
             window = []
+        if checkpoint is not None and acc.is_main_process and (
+                step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+            _save_checkpoint(checkpoint, fingerprint, params, opt, sched, {
+                "step": step, "drawn": drawn, "seen": seen, "rows": rows,
+                "elapsed_s": time.perf_counter() - t0})
     bar.close()
     elapsed = time.perf_counter() - t0
     _write_curve(loss_csv, rows)
     return {"steps": cfg.steps, "samples_seen": seen, "wall_s": elapsed, "samples_per_s": seen / elapsed,
             "final_loss": rows[-1]["loss"] if rows else math.nan,
             "trainable_params": sum(p.numel() for p in params)}
+
+
+def _fingerprint(desc: str, cfg: TrainConfig, params: list) -> str:
+    """Identifies a training run: a checkpoint of another config or model is never resumed."""
+    key = json.dumps([desc, asdict(cfg), [list(p.shape) for p in params]], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(path, fingerprint: str, params: list, opt, sched, progress: dict) -> None:
+    tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
+    osd = opt.state_dict()
+    plain_state = {}
+    for i, st in osd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                plain_state.setdefault(str(i), {})[k] = v
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for d, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{d}"] = s
+    np_state = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    meta = {"fingerprint": fingerprint, "progress": progress, "param_groups": osd["param_groups"],
+            "opt_plain_state": plain_state, "scheduler": sched.state_dict(),
+            "numpy_rng": [np_state[0], *map(float, np_state[2:])], "python_rng": random.getstate()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
+
+
+def _load_checkpoint(path, fingerprint: str, params: list, opt, sched) -> dict | None:
+    """Restore a checkpoint in place; None (and a warning) if it belongs to another run or is unreadable."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["state"])
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        log.warning("ignoring unreadable checkpoint %s (%s); training from the start", path, e)
+        return None
+    if meta["fingerprint"] != fingerprint:
+        log.warning("ignoring checkpoint %s: it is of another config or model; training from the start", path)
+        return None
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(tensors[f"param.{i}"])
+    state = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, k = key.split(".", 2)
+            state.setdefault(int(i), {})[k] = v
+    for i, st in meta["opt_plain_state"].items():
+        state.setdefault(int(i), {}).update(st)
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    sched.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    name, *rest = meta["numpy_rng"]
+    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), int(rest[0]), int(rest[1]),
+                         rest[2]))
+    version, internal, gauss = meta["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    return meta["progress"]
 
 
 def _batch_len(batch: dict) -> int:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ..data.io import DataError, atomic_dir, read_labels, write_json
+from ..data.io import DataError, read_labels, write_json
 from ..models.backbone import load_mini_backbone
 from ..models.mini import build_denoiser, build_scheduler
-from .loop import TrainConfig, infinite_batches, train
+from .loop import TrainConfig, infinite_batches, resumable_output, train
 from .objectives import DiffusionObjective
 
 
@@ -33,10 +33,10 @@ def pretrain_denoiser(arch: str, cfg: dict, latents_path, labels_path, vae_dir, 
     tensors, captions = load_latents(latents_path, labels_path)
     tcfg = TrainConfig.from_dict(cfg["train"])
     objective = DiffusionObjective(bb, caption_dropout=cfg["caption_dropout"])
-    with atomic_dir(out_dir) as tmp:
+    with resumable_output(out_dir) as (tmp, ckpt):
         stats = train(objective, bb.denoiser.parameters(),
                       infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra={"caption": captions}),
-                      tcfg, Path(tmp) / "loss.csv", desc=f"pretrain {arch}")
+                      tcfg, tmp / "loss.csv", desc=f"pretrain {arch}", checkpoint=ckpt / "train.safetensors")
         bb.denoiser.save_pretrained(tmp)  # safetensors + config.json, loadable by diffusers
         bb.noise_scheduler.save_pretrained(Path(tmp) / "scheduler")
         stats.update(arch=arch, objective=cfg["objective"], params=sum(p.numel() for p in bb.denoiser.parameters()))

@@ -7,9 +7,9 @@ import torch
 from transformers import CLIPModel
 
 from ..data.grammar import vocabulary
-from ..data.io import atomic_dir, load_dataset, write_json
+from ..data.io import load_dataset, write_json
 from ..models.text import ContrastiveObjective, build_tokenizer, clip_config, export_text_encoder
-from .loop import TrainConfig, infinite_batches, train
+from .loop import TrainConfig, infinite_batches, resumable_output, train
 
 
 def to_pixels(images) -> torch.Tensor:
@@ -24,9 +24,9 @@ def train_text_encoder(data_dir, cfg: dict, out_dir) -> dict:
     tcfg = TrainConfig.from_dict(cfg["train"])
     batches = infinite_batches({"pixels": to_pixels(images)}, tcfg.batch_size, tcfg.seed,
                                extra={"caption": [r["caption"] for r in labels]})
-    with atomic_dir(out_dir) as tmp:
+    with resumable_output(out_dir) as (tmp, ckpt):
         stats = train(ContrastiveObjective(clip, tokenizer), clip.parameters(), batches, tcfg,
-                      Path(tmp) / "loss.csv", desc="text encoder (CLIP)")
+                      tmp / "loss.csv", desc="text encoder (CLIP)", checkpoint=ckpt / "train.safetensors")
         text = export_text_encoder(clip)
         text.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)

@@ -9,9 +9,9 @@ from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..data.io import atomic_dir, atomic_path, load_dataset, write_json
+from ..data.io import atomic_path, load_dataset, write_json
 from ..models.mini import build_vae
-from .loop import TrainConfig, infinite_batches, train
+from .loop import TrainConfig, infinite_batches, resumable_output, train
 from .objectives import VAEObjective
 from .text_encoder import to_pixels
 
@@ -31,10 +31,10 @@ def train_vae(data_dir, cfg: dict, out_dir) -> dict:
     pixels = to_pixels(images)
     vae = build_vae(cfg["arch"], images.shape[1])
     tcfg = TrainConfig.from_dict(cfg["train"])
-    with atomic_dir(out_dir) as tmp:
+    with resumable_output(out_dir) as (tmp, ckpt):
         stats = train(VAEObjective(vae, cfg["kl_weight"]), vae.parameters(),
                       infinite_batches({"pixels": pixels}, tcfg.batch_size, tcfg.seed), tcfg,
-                      Path(tmp) / "loss.csv", desc="vae")
+                      tmp / "loss.csv", desc="vae", checkpoint=ckpt / "train.safetensors")
         vae.eval()
         # SD's recipe: scale latents to unit variance so the noise schedule fits them
         mean, _ = posterior(vae, pixels[: cfg.get("scale_estimate_n", 2000)])
