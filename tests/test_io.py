@@ -62,3 +62,15 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert not (tmp_path / "model").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_dir_clears_a_killed_writers_temp_dir(tmp_path):
+    stale = tmp_path / ".out.abc123.tmp"
+    stale.mkdir()
+    (stale / "half_written.safetensors").write_bytes(b"x")
+    keep = tmp_path / ".out10.abc.tmp"  # another output's temp dir is not touched
+    keep.mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "done.txt").write_text("ok")
+    assert (tmp_path / "out/done.txt").read_text() == "ok"
+    assert not stale.exists() and keep.exists()
