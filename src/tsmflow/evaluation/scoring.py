@@ -8,6 +8,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data.io import DataError, load_image, read_json
+from ..data.adapters import parse_compbench_name as parse_image_name  # T2I-CompBench naming
 from .compbench import score_images
 
 
@@ -24,15 +25,6 @@ def check_validated(status_path, required: bool) -> bool:
             "Scores from it would be meaningless. To score anyway, set "
             "evaluation.require_validated_evaluator: false; metrics are then flagged evaluator_validated=false.")
     return bool(status.get("passed"))
-
-
-def parse_image_name(name: str) -> tuple[str, int]:
-    """``<prompt>_<6-digit idx>.png`` -> (prompt, idx), T2I-CompBench's naming."""
-    stem = Path(name).stem
-    prompt, _, idx = stem.rpartition("_")
-    if not prompt or len(idx) != 6 or not idx.isdigit():
-        raise DataError(f"{name}: not named <prompt>_<6-digit index>.png")
-    return prompt, int(idx)
 
 
 def score_folder(evaluator, folder, resolution: int) -> pd.DataFrame:
