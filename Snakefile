@@ -1,7 +1,12 @@
 # Timestep-specialised fine-tuning of diffusion models: TSM, DeMe, DMP, LoRaD and baselines.
 # Default: the embedded miniature world (config/config.yaml). See README.md.
+import os
 
-configfile: "config/config.yaml"
+# config/config.yaml is the default. A --configfile (config/smoke.yaml, a real-scale config) replaces it
+# instead of being merged into it: each of those is a complete config. --config key=value still overrides.
+if not workflow.config_settings.configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
 include: "rules/common.smk"
@@ -22,3 +27,12 @@ rule all:
     input:
         get_final_outputs(),
     default_target: True
+
+
+onsuccess:
+    # Once results/ is under DVC (results.dvc exists; see README "DVC"), every run keeps it in step,
+    # so `dvc status` is clean after a run; `python -m tsmflow.dvc_sync push` sends it to the remote.
+    if os.path.exists("results.dvc"):
+        from tsmflow.dvc_sync import track
+
+        track(".")

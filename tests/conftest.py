@@ -1,6 +1,10 @@
 import os
+import re
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,18 +27,48 @@ def snakemake_bin() -> str:
     return str(BIN / "snakemake")
 
 
-def run_smoke(snakemake_bin, root, workdir, *args, timeout=900, configfile=None):
-    """Snakemake on the smoke config in `workdir`; returns the CompletedProcess."""
+# CI (.ci/run) brings up a single-node Slurm and sets this: the smoke DAG then runs through sbatch
+SLURM = os.environ.get("TSMFLOW_TEST_SLURM") == "1"
+
+
+def run_smoke(snakemake_bin, root, workdir, *args, timeout=900, configfile=None, slurm=False):
+    """Snakemake on the smoke config in `workdir`; returns the CompletedProcess.
+
+    On timeout, kills only what it started: its own process group and, under Slurm, the jobs it submitted.
+    """
     cmd = [snakemake_bin, "-s", str(root / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile or root / "config/smoke.yaml"), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if slurm:
+        cmd += ["--profile", str(root / "tests/slurm_profile")]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc = proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if rc == -signal.SIGKILL:
+        ids = re.findall(r"SLURM jobid (\d+)", stdout + stderr)
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True)
+        pytest.fail(f"snakemake timed out after {timeout} s: {' '.join(cmd)}\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(cmd, rc, stdout, stderr)
 
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory, snakemake_bin, root):
-    """The whole smoke DAG, run once per session (tests using it share the xdist group "smoke")."""
+    """The whole smoke DAG, run once per session (tests using it share the xdist group "smoke").
+
+    Its Snakemake output is kept beside it, in `<workdir>.log`.
+    """
     workdir = tmp_path_factory.mktemp("smoke")
-    r = run_smoke(snakemake_bin, root, workdir, timeout=1500)
+    t0 = time.perf_counter()
+    r = run_smoke(snakemake_bin, root, workdir, timeout=2400 if SLURM else 1500, slurm=SLURM)
+    workdir.with_name(workdir.name + ".log").write_text(
+        f"# {' '.join(r.args)}\n# wall {time.perf_counter() - t0:.0f} s\n{r.stdout}{r.stderr}")
     assert r.returncode == 0, r.stderr[-4000:]
     return workdir
 

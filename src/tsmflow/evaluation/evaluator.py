@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from ..data import grammar as G
@@ -227,6 +228,7 @@ def train_evaluator(cfg: dict, resolution: int, out_dir, data_dir=None) -> dict:
     if unknown:
         raise ValueError(f"unknown evaluator keys {sorted(unknown)}; expected some of {sorted(CONFIG_KEYS)}")
     torch.manual_seed(cfg["train"].get("seed", 0))
+    set_seed(cfg["train"].get("seed", 0))  # the initial weights too: a rerun gives the same evaluator
     model = build_detector(cfg.get("arch"), resolution, cfg.get("threshold", 0.5))
     if data_dir is not None:
         images, labels = load_dataset(data_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from accelerate.utils import set_seed
 from safetensors.torch import save_file
 
 from ..adapters.lora import add_lora, adapter_parameters, lora_parts, save_lora
@@ -57,6 +58,7 @@ def train_moe_lora(backbone: Backbone, spec: dict, lora_cfg: dict, latents_path,
     freeze(backbone)
     lspec = lora_spec(lora_cfg, spec["rank"])
     names = [f"moe{k}" for k in range(spec["n_experts"])]
+    set_seed(lora_cfg["train"].get("seed", 0))  # peft's random A init too: a rerun gives the same experts
     for name in names:
         add_lora(backbone, name, lspec)
     models = {k: m for k, (m, _) in lora_parts(backbone, lspec).items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from accelerate.utils import set_seed
 import torch
 from safetensors.torch import load_file
 
@@ -57,10 +58,11 @@ def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dic
     spec = lora_spec(lora_cfg, es.rank)
     freeze(backbone)
     name = es.adapter_name(interval)
-    params = add_lora(backbone, name, spec)
-    tensors, extra = load_task_data(latents_path, labels_path)
     tcfg = TrainConfig.from_dict({**lora_cfg["train"], "steps": es.steps,
                                   "seed": lora_cfg["train"].get("seed", 0) + 1000 * es.seed + interval})
+    set_seed(tcfg.seed)  # peft's random A init too: a rerun gives the same expert
+    params = add_lora(backbone, name, spec)
+    tensors, extra = load_task_data(latents_path, labels_path)
     objective = DiffusionObjective(backbone, timesteps=UniformTimesteps(lo, hi),
                                    caption_dropout=lora_cfg["caption_dropout"],
                                    train_text_encoder=bool(spec.text_encoder_targets))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from ..data.io import DataError, read_labels, write_json
@@ -28,10 +29,11 @@ def pretrain_denoiser(arch: str, cfg: dict, latents_path, labels_path, vae_dir, 
     bb = load_mini_backbone(arch, None, vae_dir, text_dir)
     text_cfg = bb.text_encoders[0].config
     c, s, _ = bb.latent_shape
+    tcfg = TrainConfig.from_dict(cfg["train"])
+    set_seed(tcfg.seed)  # the initial weights too: a rerun gives the same model
     bb.denoiser = build_denoiser(arch, cfg["arch"], c, s, text_cfg.hidden_size, text_cfg.projection_dim)
     bb.noise_scheduler = build_scheduler(cfg["objective"], cfg["num_train_timesteps"])
     tensors, captions = load_latents(latents_path, labels_path)
-    tcfg = TrainConfig.from_dict(cfg["train"])
     objective = DiffusionObjective(bb, caption_dropout=cfg["caption_dropout"])
     with resumable_output(out_dir) as (tmp, ckpt):
         stats = train(objective, bb.denoiser.parameters(),

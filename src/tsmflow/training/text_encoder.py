@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from accelerate.utils import set_seed
 import torch
 from transformers import CLIPModel
 
@@ -20,8 +21,9 @@ def to_pixels(images) -> torch.Tensor:
 def train_text_encoder(data_dir, cfg: dict, out_dir) -> dict:
     images, labels = load_dataset(data_dir)
     tokenizer = build_tokenizer(vocabulary(), cfg["max_length"])
-    clip = CLIPModel(clip_config(tokenizer, cfg["arch"], images.shape[1]))
     tcfg = TrainConfig.from_dict(cfg["train"])
+    set_seed(tcfg.seed)  # the initial weights too: a rerun gives the same model
+    clip = CLIPModel(clip_config(tokenizer, cfg["arch"], images.shape[1]))
     batches = infinite_batches({"pixels": to_pixels(images)}, tcfg.batch_size, tcfg.seed,
                                extra={"caption": [r["caption"] for r in labels]})
     with resumable_output(out_dir) as (tmp, ckpt):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from accelerate.utils import set_seed
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
@@ -29,8 +30,9 @@ def posterior(vae: AutoencoderKL, pixels: torch.Tensor, batch_size: int = 256):
 def train_vae(data_dir, cfg: dict, out_dir) -> dict:
     images, _ = load_dataset(data_dir)
     pixels = to_pixels(images)
-    vae = build_vae(cfg["arch"], images.shape[1])
     tcfg = TrainConfig.from_dict(cfg["train"])
+    set_seed(tcfg.seed)  # the initial weights too: a rerun gives the same model
+    vae = build_vae(cfg["arch"], images.shape[1])
     with resumable_output(out_dir) as (tmp, ckpt):
         stats = train(VAEObjective(vae, cfg["kl_weight"]), vae.parameters(),
                       infinite_batches({"pixels": pixels}, tcfg.batch_size, tcfg.seed), tcfg,
