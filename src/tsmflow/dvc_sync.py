@@ -6,13 +6,18 @@ DVC restores file contents by hash, but neither the times (a pulled file is
 as new as the pull, in whatever order DVC wrote it) nor Snakemake's records
 (they are not in git). A fresh clone would retrain everything.
 
-The fix: before `dvc add`, snapshot both into `results/.provenance/`, which DVC
-tracks with the rest of `results/`: a copy of `.snakemake/metadata`, and the
-modification time of every file and folder under `results/`. After `dvc pull`,
-`restore` puts the records back and sets every time to its recorded value, so
-the clone is in exactly the state that was pushed. Nothing is marked up to date
-that was not: a job that would have rerun at push time still reruns (and `push`
-refuses to push a workflow that has jobs left).
+Snakemake also counts a script newer than its outputs as changed code, and a
+git checkout makes every script as new as the checkout.
+
+The fix: before `dvc add`, snapshot all of it into `results/.provenance/`, which
+DVC tracks with the rest of `results/`: a copy of `.snakemake/metadata`, the
+modification time of every file and folder under `results/`, and the time and
+hash of every git-tracked source file. After `dvc pull`, `restore` puts the
+records back and sets every time to its recorded value (a source file only if
+its content is unchanged), so the clone is in exactly the state that was
+pushed. Nothing is marked up to date that was not: a job that would have rerun
+at push time still reruns, an edited script still triggers its jobs, and `push`
+refuses to push a workflow that has jobs left.
 
     python -m tsmflow.dvc_sync push  [--workdir W] [-- <snakemake args>]
     python -m tsmflow.dvc_sync pull  [--workdir W]
@@ -21,6 +26,7 @@ refuses to push a workflow that has jobs left).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -72,7 +78,31 @@ def snapshot(workdir: str | os.PathLike) -> Path:
             times[str(rel)] = path.stat().st_mtime_ns
     with atomic_path(prov / "mtimes.json") as tmp:
         tmp.write_text(json.dumps(times, sort_keys=True))
+    with atomic_path(prov / "sources.json") as tmp:
+        tmp.write_text(json.dumps(_sources(workdir), sort_keys=True))
     return prov
+
+
+def _git_files(workdir: Path) -> tuple[Path, list[str]] | None:
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=workdir, capture_output=True, text=True)
+    if top.returncode != 0:
+        return None
+    repo = Path(top.stdout.strip())
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, text=True, check=True)
+    return repo, [f for f in files.stdout.split("\0") if f and (repo / f).is_file()]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sources(workdir: Path) -> dict:
+    """Time and hash of each git-tracked file (Snakefile, rules, scripts), relative to the git root."""
+    found = _git_files(workdir)
+    if found is None:
+        return {}
+    repo, files = found
+    return {f: [(repo / f).stat().st_mtime_ns, _sha256(repo / f)] for f in files}
 
 
 def restore(workdir: str | os.PathLike) -> int:
@@ -92,6 +122,13 @@ def restore(workdir: str | os.PathLike) -> int:
     # files first, then folders deepest first: setting a file's time leaves its folder's alone
     for rel in sorted(times, key=lambda r: ((results / r).is_dir(), -len(Path(r).parts))):
         os.utime(results / rel, ns=(times[rel], times[rel]))
+    sources = json.loads((prov / "sources.json").read_text()) if (prov / "sources.json").is_file() else {}
+    found = _git_files(workdir)
+    if sources and found:
+        repo, _ = found
+        for rel, (mtime, digest) in sources.items():
+            if (repo / rel).is_file() and _sha256(repo / rel) == digest:  # an edited file keeps its new time
+                os.utime(repo / rel, ns=(mtime, mtime))
     return len(times)
 
 

@@ -142,16 +142,16 @@ def load_mini_backbone(arch: str, denoiser_dir, vae_dir, text_dir, objective: st
         if not Path(p).is_dir():
             raise FileNotFoundError(f"{p}: model directory not found (has its rule run?)")
     cls = {"unet": UNet2DConditionModel, "dit": PixArtTransformer2DModel, "mmdit": SD3Transformer2DModel}[arch]
-    denoiser = cls.from_pretrained(denoiser_dir) if denoiser_dir is not None else None
+    denoiser = cls.from_pretrained(denoiser_dir, use_safetensors=True) if denoiser_dir is not None else None
     sched_dir = Path(denoiser_dir or "") / "scheduler"
     if denoiser_dir is not None and sched_dir.is_dir():
         scheduler = _scheduler_from_dir(sched_dir)
     else:
         from .mini import build_scheduler
         scheduler = build_scheduler(objective or "eps", 1000)
-    vae = AutoencoderKL.from_pretrained(vae_dir)
+    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(text_dir)
-    text_encoder = CLIPTextModelWithProjection.from_pretrained(text_dir)
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(text_dir, use_safetensors=True)
     for m in (vae, text_encoder):
         m.requires_grad_(False).eval()
     return Backbone(arch=arch, denoiser=denoiser, vae=vae, noise_scheduler=scheduler,
@@ -179,7 +179,8 @@ def load_pipeline_backbone(spec: dict) -> Backbone:
     if family not in FAMILIES:
         raise ValueError(f"backbone family {family!r} is not one of {sorted(FAMILIES)}")
     cls_name, arch, attr = FAMILIES[family]
-    kwargs = dict(torch_dtype=getattr(torch, spec.get("dtype", "float32")),
+    # use_safetensors: never fall back to unpickling .bin weights
+    kwargs = dict(torch_dtype=getattr(torch, spec.get("dtype", "float32")), use_safetensors=True,
                   local_files_only=spec.get("local_files_only", False))
     for k in ("revision", "variant"):
         if spec.get(k):

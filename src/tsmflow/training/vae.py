@@ -51,7 +51,7 @@ def train_vae(data_dir, cfg: dict, out_dir) -> dict:
 def encode_latents(data_dir, vae_dir, out_path) -> None:
     """Cache the scaled posterior (mean, std) of every training image once."""
     images, labels = load_dataset(data_dir)
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval()
     mean, std = posterior(vae, to_pixels(images))
     s = vae.config.scaling_factor
     with atomic_path(out_path) as tmp:
@@ -64,7 +64,7 @@ def evaluate_vae(data_dir, vae_dir, n: int) -> tuple[dict, np.ndarray, np.ndarra
     """Reconstruction error on held-out images: MSE in [0,1] pixel units and PSNR."""
     images, _ = load_dataset(data_dir)
     images = images[:n]
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval()
     recs = []
     for i in tqdm(range(0, len(images), 256), desc="vae reconstruction", mininterval=2.0):
         x = to_pixels(images[i:i + 256])
