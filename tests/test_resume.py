@@ -75,6 +75,23 @@ def test_checkpoint_of_another_config_is_ignored(tmp_path):
         assert torch.equal(a, b)  # trained from the start, not from the lr=1e-2 checkpoint
 
 
+def test_checkpoint_of_other_data_is_ignored(tmp_path):
+    """Same config, but the inputs changed upstream (another dataset): start over."""
+    def other_batches():
+        x = torch.randn(64, 4, generator=torch.Generator().manual_seed(99))
+        return infinite_batches({"x": x, "y": x.sum(1)}, 8, seed=3)
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    m = Regression()
+    train(m, m.parameters(), _batches(), CFG, tmp_path / "a.csv", checkpoint=ckpt)
+    ref = Regression()
+    train(ref, ref.parameters(), other_batches(), CFG, tmp_path / "ref.csv")
+    m2 = Regression()
+    train(m2, m2.parameters(), other_batches(), CFG, tmp_path / "b.csv", checkpoint=ckpt)
+    for a, b in zip(ref.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_corrupt_checkpoint_trains_from_start(tmp_path):
     ckpt = tmp_path / "ckpt.safetensors"
     ckpt.write_bytes(b"not a safetensors file")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -118,7 +119,9 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
     objective.train()
 
     rows, window, seen, step, drawn, before = [], [], 0, 0, 0, 0.0
-    fingerprint = _fingerprint(desc, cfg, params)
+    first = next(batches)
+    batches = itertools.chain([first], batches)
+    fingerprint = _fingerprint(desc, cfg, params, objective, first)
     if checkpoint is not None and Path(checkpoint).is_file():
         state = _load_checkpoint(checkpoint, fingerprint, params, opt, sched)
         if state is not None:
@@ -168,9 +171,17 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
             "trainable_params": sum(p.numel() for p in params)}
 
 
-def _fingerprint(desc: str, cfg: TrainConfig, params: list) -> str:
-    """Identifies a training run: a checkpoint of another config or model is never resumed."""
-    key = json.dumps([desc, asdict(cfg), [list(p.shape) for p in params]], sort_keys=True)
+def _fingerprint(desc: str, cfg: TrainConfig, params: list, objective: nn.Module, first_batch: dict) -> str:
+    """Identifies a training run, so a checkpoint of another run is never resumed.
+
+    Config and parameter shapes, plus cheap digests of the frozen weights (an upstream
+    model that was retrained) and of the first batch (data that changed).
+    """
+    with torch.no_grad():
+        frozen = sum(float(p.double().sum()) for p in objective.parameters() if not p.requires_grad)
+        data = [float(v.double().sum()) if torch.is_tensor(v) else str(v) for _, v in sorted(first_batch.items())]
+    key = json.dumps([desc, asdict(cfg), [list(p.shape) for p in params], f"{frozen:.10e}", data],
+                     sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
