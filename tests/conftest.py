@@ -42,15 +42,17 @@ def run_smoke(snakemake_bin, root, workdir, *args, timeout=900, configfile=None,
         cmd += ["--profile", str(root / "tests/slurm_profile")]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, start_new_session=True)
+        timed_out = False
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            timed_out = True
             os.killpg(proc.pid, signal.SIGKILL)
             rc = proc.wait()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    if rc == -signal.SIGKILL:
+    if timed_out:
         ids = re.findall(r"SLURM jobid (\d+)", stdout + stderr)
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True)
