@@ -54,10 +54,13 @@ def _dvc(repo: Path, *args: str) -> str:
 
 
 def dvc_root(workdir: Path) -> Path:
-    for d in [workdir, *workdir.parents]:
-        if (d / ".dvc").is_dir():
-            return d
-    raise DvcSyncError(f"{workdir} is not inside a DVC repository (run `dvc init` at the repository root)")
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        return Path(Repo.find_root(str(workdir)))
+    except NotDvcRepoError as e:
+        raise DvcSyncError(f"{workdir} is not inside a DVC repository (run `dvc init` at the repository root)") from e
 
 
 def snapshot(workdir: str | os.PathLike) -> Path:
