@@ -16,6 +16,8 @@ include: "rules/vae.smk"
 include: "rules/pretrain.smk"
 include: "rules/summary.smk"
 include: "rules/tsm.smk"
+include: "rules/deme.smk"
+include: "rules/dmp.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

@@ -2,6 +2,7 @@
 # Paths come from the functions here, never from string concatenation in rules.
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ CATEGORIES = ["color", "shape", "texture", "spatial", "non_spatial", "complex"]
 
 RUNS = config["runs"]
 TABLES = config["tables"]
+DEME_SETS = config.get("deme_sets") or {}  # DeMe: N range models of one backbone, merged by a search
+FINETUNES = config.get("finetunes") or {}  # further training: full fine-tuning, prompt tuning, DMP
 TASKS = ["gors", "post"]  # domain adaptation on GORS prompt images | post-pretraining on the pre-training data
 EXPERT_SET = r"[a-z0-9]+-[a-z0-9]+-n\d+-r\d+-s\d+(?:-seed\d+)?"
 
@@ -46,6 +49,19 @@ for _run, _spec in RUNS.items():
     for _name in run_expert_sets(_spec):
         if check_expert_set(_name, f"runs.{_run}").backbone != _spec["backbone"]:
             raise ValueError(f"config key runs.{_run}: expert set {_name!r} is not on backbone {_spec['backbone']!r}")
+for _run, _spec in RUNS.items():
+    _ref = {"finetune": ("finetune", FINETUNES, "finetunes"), "deme_ensemble": ("deme", DEME_SETS, "deme_sets"),
+            "deme_merged": ("deme", DEME_SETS, "deme_sets")}.get(_spec["method"])
+    if _ref and _spec.get(_ref[0]) not in _ref[1]:
+        raise ValueError(f"config key runs.{_run}.{_ref[0]}: {_spec.get(_ref[0])!r} is not declared under {_ref[2]}")
+    if _ref and _ref[1][_spec[_ref[0]]]["backbone"] != _spec["backbone"]:
+        raise ValueError(f"config key runs.{_run}: {_spec[_ref[0]]!r} is not on backbone {_spec['backbone']!r}")
+    if _spec.get("step") and _spec["step"] not in FINETUNES.get(_spec.get("finetune"), {}).get("snapshots", []):
+        raise ValueError(f"config key runs.{_run}.step: {_spec['step']} is not one of the snapshots of "
+                         f"finetunes.{_spec.get('finetune')}")
+for _name, _d in {**DEME_SETS, **FINETUNES}.items():
+    if _d["backbone"] not in BACKBONES or _d["task"] not in TASKS:
+        raise ValueError(f"config: {_name!r} needs a backbone in {BACKBONES} and a task in {TASKS}")
 for _table, _decl in TABLES.items():
     for _row in _decl["rows"]:
         for _r in _row.get("runs") or [_row["run"]]:
@@ -61,6 +77,8 @@ wildcard_constraints:
     feature_space="shapes|patch|inception",
     expert_set=EXPERT_SET,
     interval=r"\d+",
+    deme_set="|".join(map(re.escape, DEME_SETS)) or "no_deme_sets",
+    finetune="|".join(map(re.escape, FINETUNES)) or "no_finetunes",
 
 
 def get_split_dir(split):
@@ -137,10 +155,56 @@ def get_moe_inputs(wildcards):
     return {**_backbone_inputs(spec["backbone"]), **get_task_data(spec["task"], spec["backbone"])}
 
 
+def get_finetune_dir(name):
+    return f"{RESULTS}/finetune/{name}"
+
+
+def get_finetune_inputs(wildcards):
+    d = FINETUNES[wildcards.finetune]
+    return {**_backbone_inputs(d["backbone"]), **get_task_data(d["task"], d["backbone"])}
+
+
+def get_finetune_model_inputs(wildcards):
+    return _backbone_inputs(FINETUNES[wildcards.finetune]["backbone"])
+
+
+def get_deme_range_dir(deme_set, i):
+    return f"{RESULTS}/deme/{deme_set}/range{i}"
+
+
+def get_deme_range_dirs(deme_set):
+    return [get_deme_range_dir(deme_set, i) for i in range(DEME_SETS[deme_set]["n"])]
+
+
+def get_deme_merged_dir(deme_set):
+    return f"{RESULTS}/deme/{deme_set}/merged"
+
+
+def get_deme_range_inputs(wildcards):
+    d = DEME_SETS[wildcards.deme_set]
+    if int(wildcards.range) >= d["n"]:
+        raise ValueError(f"deme set {wildcards.deme_set} has ranges 0..{d['n'] - 1}, not {wildcards.range}")
+    return {**_backbone_inputs(d["backbone"]), **get_task_data(d["task"], d["backbone"])}
+
+
+def get_deme_search_inputs(wildcards):
+    d = DEME_SETS[wildcards.deme_set]
+    return {**_backbone_inputs(d["backbone"]), "ranges": get_deme_range_dirs(wildcards.deme_set),
+            "evaluator": get_model_dir("evaluator"), "validation": f"{RESULTS}/evaluator/validation.json",
+            "reference": get_split_dir("reference"), "reference_stats": get_fid_reference()}
+
+
 def get_run_model_inputs(wildcards):
     """What a run's sampler loads: the base denoiser, plus its experts and router, by method."""
     spec = RUNS[wildcards.run]
     inputs = _backbone_inputs(spec["backbone"])
+    if spec["method"] == "finetune":
+        key = "dmp" if FINETUNES[spec["finetune"]]["method"] == "dmp" else "model"
+        inputs[key] = get_finetune_dir(spec["finetune"])
+    elif spec["method"] == "deme_merged":
+        inputs["model"] = get_deme_merged_dir(spec["deme"])
+    elif spec["method"] == "deme_ensemble":
+        inputs["ranges"] = get_deme_range_dirs(spec["deme"])
     if spec["method"] in ("lora", "tsm1", "tsm2"):
         inputs["experts"] = [d for s in run_expert_sets(spec) for d in get_expert_dirs(s)]
     if spec["method"] == "tsm2":
@@ -152,8 +216,25 @@ def get_run_model_inputs(wildcards):
 
 def get_run_trained_dirs(wildcards):
     """Everything a run trained (expert and router dirs, each with a stats.json): its trainable parameters."""
+    spec = RUNS[wildcards.run]
+    if spec["method"] == "finetune":
+        return [get_finetune_dir(spec["finetune"])]
+    if spec["method"] in ("deme_ensemble", "deme_merged"):
+        return get_deme_range_dirs(spec["deme"])
     inputs = get_run_model_inputs(wildcards)
     return list(inputs.get("experts", [])) + ([inputs["router"]] if "router" in inputs else [])
+
+
+def run_evaluations(run):
+    """What a run is evaluated on: CompBench-mini and FID by default; `evaluate: [fid]` for FID-only tables."""
+    return RUNS[run].get("evaluate", ["compbench", "fid"])
+
+
+def get_run_metric_inputs(wildcards):
+    inputs = {"fid": get_run_path(wildcards.run, "fid.json"), "trained": get_run_trained_dirs(wildcards)}
+    if "compbench" in run_evaluations(wildcards.run):
+        inputs["scores"] = get_run_path(wildcards.run, "compbench_scores.csv")
+    return inputs
 
 
 def get_fid_reference():
@@ -186,8 +267,14 @@ def get_final_outputs():
         f"{RESULTS}/foundation.md",
         f"{RESULTS}/evaluator/validation.md",
         *[f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")],
-        *[f"{RESULTS}/plots/{t}_{p}.png" for t in TABLES for p in ("categories", "fid")],
-        *[get_run_path(r, "grid.png") for t in TABLES for r in get_table_runs(t)],
+        *[f"{RESULTS}/plots/{t}_categories.png" for t in TABLES if set(CATEGORIES) & set(TABLES[t]["columns"])],
+        *[f"{RESULTS}/plots/{t}_fid.png" for t in TABLES if "fid" in TABLES[t]["columns"]],
+        *[get_run_path(r, "grid.png") for t in TABLES for r in get_table_runs(t) if "compbench" in run_evaluations(r)],
+        *[f"{RESULTS}/plots/deme_cosine_{d}.png" for d in DEME_SETS],
+        *[f"{RESULTS}/plots/{t}_{p}.png" for t in TABLES for p in TABLES[t].get("plots", [])
+          if p in ("deme_sensitivity", "fid_vs_steps")],
+        *[f"{RESULTS}/plots/dmp_activation_{f}.png" for f in FINETUNES if FINETUNES[f]["method"] == "dmp"
+          and FINETUNES[f].get("dmp", {}).get("gate", "soft") != "none"],
         *[get_run_path(r, "gates.png") for t in TABLES for r in get_table_runs(t) if RUNS[r]["method"] == "tsm2"],
         *[f"{RESULTS}/plots/{t}_score_vs_n.png" for t in TABLES if "score_vs_n" in TABLES[t].get("plots", [])],
         f"{RESULTS}/data/coverage.md",

@@ -157,9 +157,7 @@ rule compute_fid:
 
 rule run_metrics:
     input:
-        scores=get_run_path("{run}", "compbench_scores.csv"),
-        fid=get_run_path("{run}", "fid.json"),
-        trained=get_run_trained_dirs,
+        unpack(get_run_metric_inputs),
     output:
         metrics=get_run_path("{run}", "metrics.json"),
     log:

@@ -27,7 +27,7 @@ rule make_table:
         "../scripts/make_table.py"
 
 
-rule plot_table:
+rule plot_table_categories:
     input:
         unpack(get_table_metrics),
     output:
@@ -37,6 +37,24 @@ rule plot_table:
             category="Plots",
             labels={"table": "{table}", "plot": "CompBench-mini per category"},
         ),
+    params:
+        decl=lambda wc: config["tables"][wc.table],
+    log:
+        get_log("plot_table_categories", "{table}"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/plot_table.py"
+
+
+rule plot_table_fid:
+    input:
+        unpack(get_table_metrics),
+    output:
         fid=report(
             f"{RESULTS}/plots/{{table}}_fid.png",
             caption="../report/fid_plot.rst",
@@ -46,7 +64,7 @@ rule plot_table:
     params:
         decl=lambda wc: config["tables"][wc.table],
     log:
-        get_log("plot_table", "{table}"),
+        get_log("plot_table_fid", "{table}"),
     threads: 1
     resources:
         mem_mb=1000,

@@ -90,6 +90,41 @@ def test_tsm_stages(smoke):
     assert "TSM 2-stage" in table and "Color [TSM Table 4]" in table and "Trainable (%)" in table
 
 
+def test_deme_stages(smoke):
+    res = smoke / "results"
+    for deme_set in ["unet-post-n2-p50", "unet-post-n2-p50-r2"]:
+        for i in range(2):  # one job per range, each a plain diffusers model
+            d = res / f"deme/{deme_set}/range{i}"
+            assert (d / "diffusion_pytorch_model.safetensors").is_file() and (d / "scheduler").is_dir(), d
+            assert json.loads((d / "stats.json").read_text())["range"] == [500 * i, 500 * (i + 1)]
+        merged = res / f"deme/{deme_set}/merged"
+        search = (merged / "search.csv").read_text().splitlines()
+        weights = json.loads((merged / "weights.json").read_text())
+        assert search[0].startswith("eval,phase,w0,w1") and len(search) - 1 == weights["n_evals"] <= 4
+        assert (res / f"plots/deme_cosine_{deme_set}.png").is_file()
+    before = json.loads((res / "runs/deme_before_unet/metrics.json").read_text())
+    after = json.loads((res / "runs/deme_after_unet/metrics.json").read_text())
+    assert 0 <= before["color"] <= 100 and "color" not in after  # FID-only run: no CompBench sampling
+    assert not (res / "runs/deme_after_unet/compbench").exists() and after["fid"] >= 0
+    table = (res / "tables/deme_supp_table1.md").read_text()
+    assert "DeMe after merge" in table and "FID [DeMe Supp. Table 1]" in table and "3.51" in table
+    assert (res / "plots/deme_supp_table1_deme_sensitivity.png").is_file()
+
+
+def test_dmp_stages(smoke):
+    res = smoke / "results"
+    full, dmp = res / "finetune/dit-post-full", res / "finetune/dit-post-dmp"
+    assert (full / "diffusion_pytorch_model.safetensors").is_file() and (full / "step1/config.json").is_file()
+    assert (dmp / "dmp.safetensors").is_file() and (dmp / "step1/dmp.safetensors").is_file()
+    m = {r: json.loads((res / f"runs/{r}/metrics.json").read_text()) for r in ["full_dit", "pt_dit", "dmp_dit"]}
+    assert m["full_dit"]["trainable_params"] > m["dmp_dit"]["trainable_params"] > m["pt_dit"]["trainable_params"]
+    for f in ["plots/dmp_activation_dit-post-dmp.png", "plots/dmp_activation_unet-post-dmp.png",
+              "plots/dmp_table3_fid_vs_steps.png", "plots/dmp_table3_fid.png"]:
+        assert (res / f).is_file(), f
+    assert not (res / "plots/dmp_table3_categories.png").exists()  # an FID-only table has no category plot
+    assert "6.32" in (res / "tables/dmp_table3.md").read_text()  # the paper's +10K fine-tuning cell
+
+
 def test_report_gathers_tables_and_images(smoke, snakemake_bin, root):
     report = smoke / "results/report.html"
     r = run(snakemake_bin, root, smoke, "--report", str(report))

@@ -6,7 +6,11 @@ Methods (config ``runs.<name>.method``):
 - ``tsm1``: TSM 1-stage, expert set ``experts``; the active expert is merged per interval (fast path)
   unless ``fast_path: false``;
 - ``tsm2``: TSM 2-stage, ``core`` (null for the symmetric mixture) + ``context`` expert sets and a router;
-- ``moe_lora``: experts and a feature router trained jointly (the MoE-LoRA baseline).
+- ``moe_lora``: experts and a feature router trained jointly (the MoE-LoRA baseline);
+- ``finetune``: a further-training job of ``finetunes:`` (full fine-tuning, prompt tuning or DMP), at its
+  end or at snapshot ``step``;
+- ``deme_ensemble``: DeMe before merging, the range models of ``deme`` used by timestep;
+- ``deme_merged``: DeMe after merging, the model its merge search found (the rule's ``model`` input).
 """
 from __future__ import annotations
 
@@ -16,13 +20,16 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from .expert_sets import ExpertSet
+from .adapters.dmp import load_dmp
 from .adapters.lora import load_lora, lora_parts, read_lora_spec
 from .adapters.router import ExpertMixture, MergedIntervalExperts, Scale
 from .data.io import read_json
+from .merging.deme import RangeEnsemble
 from .models.backbone import Backbone, load_mini_backbone
 
 ROUTER_WEIGHTS = "router.safetensors"
 ROUTER_CONFIG = "router.json"
+DENOISER_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
 
 def load_expert_sets(backbone: Backbone, expert_dirs) -> dict[str, Scale]:
@@ -71,11 +78,27 @@ def load_router(mixture: ExpertMixture, router_dir) -> None:
                          f"unexpected {unexpected[:3]})")
 
 
+def finetune_dir(spec: dict, finetune_out) -> Path:
+    """The directory a `finetune` run loads: the job's output, or its snapshot at `step`."""
+    d = Path(finetune_out)
+    return d / f"step{spec['step']}" if spec.get("step") else d
+
+
 def load_run_backbone(spec: dict, inputs) -> Backbone:
     """`spec` is the run's config block; `inputs` the rule's named inputs (model, vae, text_encoder, ...)."""
-    bb = load_mini_backbone(spec["backbone"], inputs.model, inputs.vae, inputs.text_encoder)
     method = spec["method"]
-    if method == "base":
+    dmp = getattr(inputs, "dmp", None)  # a finetune run of prompts; otherwise `model` holds its weights
+    full = method == "finetune" and dmp is None
+    model = finetune_dir(spec, inputs.model) if full else inputs.model
+    bb = load_mini_backbone(spec["backbone"], model, inputs.vae, inputs.text_encoder)
+    if method in ("base", "deme_merged") or full:
+        return bb
+    if method == "finetune":
+        load_dmp(bb, finetune_dir(spec, dmp))
+        return bb
+    if method == "deme_ensemble":
+        states = [load_file(str(Path(d) / DENOISER_WEIGHTS)) for d in inputs.ranges]
+        bb.routers.append(RangeEnsemble(bb.denoiser, states, bb.num_train_timesteps))
         return bb
     if method in ("lora", "tsm1", "tsm2"):
         dirs = list(inputs.experts)
@@ -117,7 +140,8 @@ def trainable_summary(spec: dict, stats: list[dict]) -> dict:
     """Trainable parameters of a run's last training stage, as TSM Table 9 counts them.
 
     lora / tsm1: all experts (n experts of rank r cost what one rank n*r LoRA costs);
-    tsm2: the routers only (the experts are frozen); moe_lora: experts and router.
+    tsm2: the routers only (the experts are frozen); moe_lora: experts and router;
+    finetune: what the job trained (all denoiser weights, or prompts and gate); DeMe: every range model.
     `stats` are the stats.json of the run's expert dirs and router dir.
     """
     method = spec["method"]

@@ -169,3 +169,62 @@ def gates_vs_t(records: pd.DataFrame, context_names: list[str], path, title: str
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
+
+
+def cosine_heatmap(cos: pd.DataFrame, path, title: str = "") -> None:
+    """DeMe supplement Fig. 1: cosine similarity of the range models' task vectors."""
+    n = len(cos)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * n, 0.6 + 0.8 * n))
+    im = ax.imshow(cos.to_numpy(), vmin=-1, vmax=1, cmap="coolwarm")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{cos.iat[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(n), cos.columns, fontsize=7, rotation=30)
+    ax.set_yticks(range(n), cos.index, fontsize=7)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def metric_vs_setting(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, path,
+                      title: str = "", baseline: float | None = None, baseline_label: str = "") -> None:
+    """Lines of (x, metric) per named series, e.g. FID against N or p (DeMe) or training steps (DMP)."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    for name, pts in series.items():
+        pts = sorted(pts)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls="--", lw=1, label=baseline_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def prompt_activation(weights: np.ndarray, timesteps: np.ndarray, path, title: str = "") -> None:
+    """DMP Fig. 5: mean gate weight of each prompt (x) per timestep (y), one panel per block."""
+    n_blocks = weights.shape[1]
+    cols = min(n_blocks, 4)
+    rows = -(-n_blocks // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False)
+    for b in range(rows * cols):
+        ax = axes[b // cols][b % cols]
+        if b >= n_blocks:
+            ax.axis("off")
+            continue
+        w = weights[:, b, :]
+        w = w[:, ~np.isnan(w).all(axis=0)]
+        im = ax.imshow(w, aspect="auto", cmap="viridis", origin="lower",
+                       extent=(0, w.shape[1], timesteps.min(), timesteps.max()))
+        ax.set_title(f"block {b}", fontsize=7)
+        ax.set_xlabel("prompt", fontsize=6)
+        ax.set_ylabel("t", fontsize=6)
+        ax.tick_params(labelsize=6)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)

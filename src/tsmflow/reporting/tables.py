@@ -58,8 +58,10 @@ def _fmt(values: list[float], digits: int) -> str:
 
 def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
     """Rows from `decl["rows"]`; `metrics` maps run name -> its metrics.json content."""
-    paper = load_paper_table(decl["paper_table"], paper_dir) if decl.get("paper_table") else None
-    tag = _paper_tag(decl)
+    # a row may name its own paper table (e.g. DMP Table 4's sub-tables 4a-4e)
+    names = {n for n in [decl.get("paper_table"), *(r.get("paper_table") for r in decl["rows"])] if n}
+    papers = {n: load_paper_table(n, paper_dir) for n in names}
+    tag = decl.get("paper_tag") or _paper_tag(decl)
     out = []
     for row in decl["rows"]:
         runs = row.get("runs") or [row["run"]]
@@ -75,11 +77,13 @@ def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DI
         if "fid" in decl["columns"]:
             ns = sorted({metrics[r].get("fid_n_samples") for r in runs if metrics[r].get("fid_n_samples")})
             rec["FID samples"] = "/".join(str(n) for n in ns) or "n/a"
-        if paper is not None:
-            rec[f"{tag} row"] = row.get("paper_row", "") or "—"
+        if papers:
+            paper = papers.get(row.get("paper_table") or decl.get("paper_table"))
+            cited = paper is not None and (row.get("paper_row") or row.get("paper_setting"))
+            rec[f"{tag} row"] = " ".join(filter(None, [row.get("paper_row"), row.get("paper_setting")])) or "—"
             for m in decl["columns"]:
-                v = paper_value(paper, row["paper_row"], m, row.get("paper_block", ""),
-                                row.get("paper_setting", "")) if row.get("paper_row") else None
+                v = paper_value(paper, row.get("paper_row", ""), m, row.get("paper_block", ""),
+                                row.get("paper_setting", "")) if cited else None
                 # the paper's own metric name: its FID is Inception FID, not ours
                 rec[f"{PAPER_METRIC.get(m, (m,))[0]} [{tag}]"] = v if v is not None else "—"
         out.append(rec)

@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -98,14 +98,16 @@ def resumable_output(out_dir):
 
 def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: Iterator[dict],
           cfg: TrainConfig, loss_csv: str | Path, desc: str = "train",
-          accelerator: Accelerator | None = None, checkpoint: str | Path | None = None) -> dict:
+          accelerator: Accelerator | None = None, checkpoint: str | Path | None = None,
+          on_step: Callable[[int], None] | None = None) -> dict:
     """Optimise `params` of `objective` for cfg.steps optimizer steps.
 
     Returns throughput and timing stats. Raises NonFiniteLossError naming the
     step if the loss becomes NaN/inf; the loop writes no output of its own, so a
     failed run leaves nothing that looks complete. With `checkpoint`, training
     resumes from that file if it holds a matching earlier run, and saves it
-    every cfg.checkpoint_every steps and at the end.
+    every cfg.checkpoint_every steps and at the end. `on_step(step)` runs on the main
+    process after every optimizer step (e.g. to save snapshots for FID over iterations).
     """
     set_seed(cfg.seed)
     acc = accelerator or make_accelerator(cfg)
@@ -158,6 +160,8 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
                          "samples_per_s": seen / elapsed, "elapsed_s": elapsed})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
             window = []
+        if on_step is not None and acc.is_main_process:
+            on_step(step)
         if checkpoint is not None and acc.is_main_process and (
                 step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
             _save_checkpoint(checkpoint, fingerprint, params, opt, sched, {

@@ -24,6 +24,33 @@ class UniformTimesteps:
         return torch.randint(self.lo, self.hi, (n,), device=device)
 
 
+class RangeTimesteps:
+    """DeMe's sampler: t from outside [lo, hi) with probability p_out, else uniform inside it.
+
+    "Outside" means the rest of [0, T). We follow the supplement's definition of p (the probability
+    of sampling beyond the model's range); one sentence of its sensitivity study reads it the other
+    way round. p_out = 0 is range-only training.
+    """
+
+    def __init__(self, lo: int, hi: int, p_out: float, num_train_timesteps: int):
+        if not 0 <= lo < hi <= num_train_timesteps:
+            raise ValueError(f"timestep range [{lo}, {hi}) is not a non-empty part of [0, {num_train_timesteps})")
+        if not 0 <= p_out <= 1:
+            raise ValueError(f"out-of-range probability p={p_out} is not in [0, 1]")
+        if p_out > 0 and hi - lo == num_train_timesteps:
+            raise ValueError(f"p={p_out} > 0 but the range [{lo}, {hi}) covers every timestep: nothing is outside")
+        self.lo, self.hi, self.p_out, self.T = lo, hi, p_out, num_train_timesteps
+
+    def __call__(self, n: int, device) -> torch.Tensor:
+        inside = torch.randint(self.lo, self.hi, (n,), device=device)
+        if self.p_out == 0:
+            return inside
+        # uniform over the T - (hi - lo) timesteps outside: draw an index, then skip over the range
+        k = torch.randint(0, self.T - (self.hi - self.lo), (n,), device=device)
+        outside = torch.where(k < self.lo, k, k + (self.hi - self.lo))
+        return torch.where(torch.rand(n, device=device) < self.p_out, outside, inside)
+
+
 def noisy_and_target(scheduler, objective: str, x0, noise, t):
     """Forward process and regression target for eps / v / rectified-flow objectives."""
     if objective == "flow":
@@ -40,10 +67,13 @@ class DiffusionObjective(nn.Module):
 
     batch: "latent_mean", "latent_std" (scaled latents' posterior), "caption" (list of str),
     optional "weight" (per-sample loss weight, e.g. a GORS reward).
+    With a `teacher` (a frozen copy of the pre-trained denoiser), the loss adds DeMe's consistency
+    term `consistency_weight * ||pred - teacher_pred||^2` (supplement Eq. 9), weighted per sample alike.
     """
 
     def __init__(self, backbone: Backbone, timesteps=None, caption_dropout: float = 0.1,
-                 train_text_encoder: bool = False):
+                 train_text_encoder: bool = False, teacher: nn.Module | None = None,
+                 consistency_weight: float = 1.0):
         super().__init__()
         self.denoiser = backbone.denoiser
         self.text_encoders = nn.ModuleList(backbone.text_encoders)
@@ -53,6 +83,9 @@ class DiffusionObjective(nn.Module):
         self.timesteps = timesteps or UniformTimesteps(0, backbone.num_train_timesteps)
         self.caption_dropout = caption_dropout
         self.train_text_encoder = train_text_encoder
+        # a plain attribute, not a submodule: its weights stay out of state_dict() and .train()
+        self.__dict__["teacher"] = teacher.requires_grad_(False).eval() if teacher is not None else None
+        self.consistency_weight = consistency_weight
 
     def forward(self, batch: dict) -> torch.Tensor:
         mean, std = batch["latent_mean"], batch["latent_std"]
@@ -66,6 +99,13 @@ class DiffusionObjective(nn.Module):
         xt, target = noisy_and_target(self.backbone.noise_scheduler, self.backbone.objective, x0, noise, t)
         pred = self.backbone.predict(xt, t, cond, denoiser=self.denoiser)
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.teacher is not None:
+            if next(self.teacher.parameters()).device != xt.device:
+                self.teacher.to(xt.device)  # not a submodule, so accelerate does not place it
+            with torch.no_grad():
+                ref = self.backbone.predict(xt, t, cond, denoiser=self.teacher)
+            per_sample = per_sample + self.consistency_weight * F.mse_loss(
+                pred.float(), ref.float(), reduction="none").mean(dim=(1, 2, 3))
         w = batch.get("weight")
         if w is None:
             return per_sample.mean()

@@ -1,0 +1,98 @@
+# Stage: DeMe (decouple-then-merge). One fine-tuning job per timestep range, then a search for the merge
+# weights on a small-sample FID objective; the merged model is sampled like any other run.
+
+
+rule deme_finetune_range:
+    input:
+        unpack(get_deme_range_inputs),
+    output:
+        model=directory(get_deme_range_dir("{deme_set}", "{range}")),
+    params:
+        set=lambda wc: DEME_SETS[wc.deme_set],
+        deme=config["deme"],
+    log:
+        get_log("deme_finetune_range", "{deme_set}", "{range}"),
+    benchmark:
+        get_benchmark("deme_finetune_range", "{deme_set}", "{range}")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/deme_finetune_range.py"
+
+
+rule deme_merge_search:
+    input:
+        unpack(get_deme_search_inputs),
+    output:
+        model=directory(get_deme_merged_dir("{deme_set}")),
+    params:
+        search=config["deme"]["search"],
+        guidance_scale=config["sampling"]["guidance_scale"],
+        require_validated=config["evaluation"]["require_validated_evaluator"],
+    log:
+        get_log("deme_merge_search", "{deme_set}"),
+    benchmark:
+        get_benchmark("deme_merge_search", "{deme_set}")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/deme_merge_search.py"
+
+
+rule plot_deme_cosine:
+    input:
+        merged=get_deme_merged_dir("{deme_set}"),
+    output:
+        plot=report(
+            f"{RESULTS}/plots/deme_cosine_{{deme_set}}.png",
+            caption="../report/deme_cosine.rst",
+            category="Plots",
+            subcategory="DeMe",
+            labels={"deme set": "{deme_set}", "plot": "task-vector cosine similarity"},
+        ),
+    log:
+        get_log("plot_deme_cosine", "{deme_set}"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/plot_deme_cosine.py"
+
+
+rule plot_deme_sensitivity:
+    input:
+        unpack(get_table_metrics),
+    output:
+        plot=report(
+            f"{RESULTS}/plots/{{table}}_deme_sensitivity.png",
+            caption="../report/deme_sensitivity.rst",
+            category="Plots",
+            subcategory="DeMe",
+            labels={"table": "{table}", "plot": "N and p sensitivity"},
+        ),
+    params:
+        decl=lambda wc: config["tables"][wc.table],
+        deme_sets=DEME_SETS,
+    log:
+        get_log("plot_deme_sensitivity", "{table}"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/plot_deme_sensitivity.py"

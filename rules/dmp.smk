@@ -1,0 +1,105 @@
+# Stage: further training of a pre-trained denoiser on its own data (DMP's post-pretraining comparison):
+# full fine-tuning, prompt tuning and DMP's mixture-of-prompts, with snapshots for FID over iterations.
+
+
+rule train_full:
+    input:
+        unpack(get_finetune_inputs),
+    output:
+        model=directory(get_finetune_dir("{finetune}")),
+    wildcard_constraints:
+        finetune="|".join(re.escape(f) for f, d in FINETUNES.items() if d["method"] == "full") or "none",
+    params:
+        finetune=lambda wc: FINETUNES[wc.finetune],
+        defaults=config.get("finetune"),
+    log:
+        get_log("train_full", "{finetune}"),
+    benchmark:
+        get_benchmark("train_full", "{finetune}")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/train_finetune.py"
+
+
+rule train_dmp:
+    input:
+        unpack(get_finetune_inputs),
+    output:
+        model=directory(get_finetune_dir("{finetune}")),
+    wildcard_constraints:
+        finetune="|".join(re.escape(f) for f, d in FINETUNES.items() if d["method"] == "dmp") or "none",
+    params:
+        finetune=lambda wc: FINETUNES[wc.finetune],
+        defaults=config.get("finetune"),
+    log:
+        get_log("train_dmp", "{finetune}"),
+    benchmark:
+        get_benchmark("train_dmp", "{finetune}")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/train_finetune.py"
+
+
+rule plot_dmp_activation:
+    input:
+        unpack(get_finetune_model_inputs),
+        dmp=get_finetune_dir("{finetune}"),
+        prompts=[f for k, f in get_compbench_files().items() if k.endswith("_val")],
+    output:
+        activation=f"{RESULTS}/finetune/{{finetune}}_activation.npz",
+        plot=report(
+            f"{RESULTS}/plots/dmp_activation_{{finetune}}.png",
+            caption="../report/dmp_activation.rst",
+            category="Plots",
+            subcategory="DMP",
+            labels={"finetune": "{finetune}", "plot": "prompt activation"},
+        ),
+    log:
+        get_log("plot_dmp_activation", "{finetune}"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/plot_dmp_activation.py"
+
+
+rule plot_fid_vs_steps:
+    input:
+        unpack(get_table_metrics),
+    output:
+        plot=report(
+            f"{RESULTS}/plots/{{table}}_fid_vs_steps.png",
+            caption="../report/fid_vs_steps.rst",
+            category="Plots",
+            subcategory="DMP",
+            labels={"table": "{table}", "plot": "FID over further training"},
+        ),
+    params:
+        decl=lambda wc: config["tables"][wc.table],
+        runs=RUNS,
+        finetunes=FINETUNES,
+    log:
+        get_log("plot_fid_vs_steps", "{table}"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/plot_fid_vs_steps.py"

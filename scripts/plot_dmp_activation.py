@@ -1,0 +1,25 @@
+"""DMP Fig. 5: the gate's prompt weights over timesteps and blocks, averaged over validation prompts."""
+import numpy as np
+import torch
+
+from tsmflow.adapters.dmp import load_dmp
+from tsmflow.data.io import read_prompts
+from tsmflow.models.backbone import load_mini_backbone
+from tsmflow.reporting.plots import prompt_activation
+from tsmflow.workflow import setup
+
+setup(snakemake)
+i = snakemake.input
+arch = snakemake.config["finetunes"][snakemake.wildcards.finetune]["backbone"]
+bb = load_mini_backbone(arch, i.model, i.vae, i.text_encoder)
+dmp = load_dmp(bb, i.dmp)
+prompts = [p for f in i.prompts for p in read_prompts(f)]
+timesteps = np.linspace(0, bb.num_train_timesteps - 1, 50).round().astype(int)
+with torch.no_grad():
+    cond = bb.encode(prompts)
+weights = np.nanmean(np.stack([dmp.activation_map(torch.from_numpy(timesteps), cond["hidden"][k:k + 1],
+                                                   None if cond.get("mask") is None else cond["mask"][k:k + 1])
+                               for k in range(len(prompts))]), axis=0)
+np.savez(snakemake.output.activation, weights=weights, timesteps=timesteps)
+prompt_activation(weights, timesteps, snakemake.output.plot,
+                  f"DMP prompt activation, {snakemake.wildcards.finetune} ({len(prompts)} prompts)")

@@ -1,0 +1,1 @@
+"""Model merging: DeMe's task-vector merge and its weight search."""

@@ -1,0 +1,91 @@
+"""Stage `deme_merge_search`: find DeMe's merge weights on an FID objective, then write the merged model.
+
+Every candidate w gives theta = theta_0 + sum_i w_i tau_i; its objective is the FID
+of a small sample set (the paper: FID-5K; here `deme.search.n_samples`) against the
+reference statistics. The sample set uses the same captions and the same initial
+noise for every candidate, so candidates differ only by their weights. The captions
+are the last reference captions, disjoint from the ones the final FID samples.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.torch import load_file
+
+from ..data.io import atomic_dir, save_png, write_json
+from ..evaluation.fid import fid_from_stats, folder_stats, load_stats
+from ..models.backbone import Backbone
+from ..sampling.sample import generate
+from ..training.finetune import save_denoiser
+from .deme import cosine_matrix, merge, pattern_search, task_vectors
+
+DENOISER_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def load_range_states(range_dirs) -> list[dict]:
+    out = []
+    for d in range_dirs:
+        path = Path(d) / DENOISER_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: DeMe range model not found (has deme_finetune_range run?)")
+        out.append(load_file(str(path)))
+    return out
+
+
+class FidObjective:
+    """w -> FID of the merged model's images (fixed captions and seeds) against reference stats."""
+
+    def __init__(self, backbone: Backbone, base: dict, taus: list[dict], captions: list[str], seeds: list[int],
+                 steps: int, guidance_scale: float, detector, ref_stats: dict, feature_space: str = "shapes"):
+        self.bb, self.base, self.taus = backbone, base, taus
+        self.captions, self.seeds, self.steps, self.gs = captions, seeds, steps, guidance_scale
+        self.detector, self.ref, self.space = detector, ref_stats, feature_space
+
+    def __call__(self, w) -> float:
+        self.bb.denoiser.load_state_dict(merge(self.base, self.taus, w))
+        images = generate(self.bb, self.captions, self.seeds, steps=self.steps, guidance_scale=self.gs,
+                          progress=False)
+        # through a folder, so the features go through clean-fid's resize exactly as the reference's did
+        with tempfile.TemporaryDirectory() as d:
+            for k, img in enumerate(images):
+                save_png(Path(d) / f"{k:06d}.png", img)
+            mu, sigma, _ = folder_stats(self.detector, d, feature_space=self.space)
+        return fid_from_stats(mu, sigma, self.ref["mu"], self.ref["sigma"])
+
+
+def search_captions(reference_captions: list[str], n: int) -> list[str]:
+    if n > len(reference_captions) // 2:
+        raise ValueError(f"deme.search.n_samples={n}: at most half of the {len(reference_captions)} reference "
+                         "captions, so the search never sees the final FID's captions")
+    return reference_captions[-n:]
+
+
+def merge_search(backbone: Backbone, range_dirs, search: dict, guidance_scale: float, reference_captions,
+                 detector, ref_stats_path, out_dir, feature_space: str = "shapes") -> dict:
+    """Search the weights, then save the merged denoiser, the search log and the task vectors' cosines."""
+    base = {k: v.clone() for k, v in backbone.denoiser.state_dict().items()}
+    taus = task_vectors(base, load_range_states(range_dirs))
+    n = len(taus)
+    captions = search_captions(list(reference_captions), search["n_samples"])
+    objective = FidObjective(backbone, base, taus, captions, [search["seed"] + k for k in range(len(captions))],
+                             search["steps"], guidance_scale, detector, load_stats(ref_stats_path), feature_space)
+    with atomic_dir(out_dir) as tmp:
+        t0 = time.perf_counter()
+        result = pattern_search(objective, n, search["lo"], search["hi"], search["step"], search["min_step"],
+                                search["init"], tmp / "search.csv", max_evals=search.get("max_evals"))
+        backbone.denoiser.load_state_dict(merge(base, taus, result.best_weights))
+        save_denoiser(backbone, tmp)
+        cos = cosine_matrix(taus)
+        pd.DataFrame(cos, index=[f"range{i}" for i in range(n)],
+                     columns=[f"range{i}" for i in range(n)]).to_csv(tmp / "cosine.csv")
+        stats = {"weights": list(map(float, result.best_weights)), "objective": float(result.best_objective),
+                 "n_evals": result.n_evals, "search_s": time.perf_counter() - t0, "search": search,
+                 "objective_name": f"FID ({feature_space} features, {len(captions)} samples, "
+                                   f"{search['steps']} sampler steps)",
+                 "mean_offdiag_cosine": float(np.mean(cos[~np.eye(n, dtype=bool)])) if n > 1 else None}
+        write_json(tmp / "weights.json", stats)
+    return stats
