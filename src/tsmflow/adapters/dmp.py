@@ -63,7 +63,11 @@ def _blocks(denoiser: nn.Module, arch: str) -> list[tuple[str, nn.Module]]:
         return [(f"transformer_blocks.{i}", b) for i, b in enumerate(denoiser.transformer_blocks)]
     if arch == "unet":
         from diffusers.models.transformers.transformer_2d import Transformer2DModel
-        return [(n, m) for n, m in denoiser.named_modules() if isinstance(m, Transformer2DModel)]
+        found = [(n, m) for n, m in denoiser.named_modules() if isinstance(m, Transformer2DModel)]
+        # depth = the order a forward pass meets them: down blocks, mid block, up blocks
+        stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+        return sorted(found, key=lambda nm: (stage[nm[0].split(".")[0]],
+                                             [int(p) for p in nm[0].split(".") if p.isdigit()]))
     raise ValueError(f"unknown arch {arch!r}")
 
 
@@ -177,7 +181,7 @@ class MixtureOfPrompts(nn.Module):
                 k = math.ceil(self.cfg.top_k_frac * n)
                 mask_k = torch.zeros_like(soft).scatter(1, soft.topk(k, dim=-1).indices, 1.0)
                 # straight-through: weight 1 forward, the softmax's gradient backward, so the gate still learns
-                soft = mask_k + soft - soft.detach()
+                soft = mask_k + (soft - soft.detach())
             out.append(soft)
         return out
 
