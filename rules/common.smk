@@ -67,6 +67,9 @@ for _table, _decl in TABLES.items():
         for _r in _row.get("runs") or [_row["run"]]:
             if _r not in RUNS:
                 raise ValueError(f"config key tables.{_table}.rows: run {_r!r} is not declared under runs")
+            if set(CATEGORIES) & set(_decl["columns"]) and "compbench" not in RUNS[_r].get("evaluate", ["compbench"]):
+                raise ValueError(f"config key tables.{_table}: run {_r!r} is FID-only (evaluate: [fid]) but the "
+                                 "table has CompBench-mini columns")
 
 
 wildcard_constraints:

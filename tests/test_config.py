@@ -77,6 +77,29 @@ def test_bad_tsm_runs_fail_before_any_job(snakemake_bin, root, tmp_path, mutate,
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["runs"]["dmp_dit"].__setitem__("finetune", "dit-post-nothing"), "is not declared under finetunes"),
+    (lambda c: c["runs"]["deme_after_unet"].__setitem__("backbone", "dit"), "is not on backbone 'dit'"),
+    (lambda c: c["runs"]["dmp_dit_s1"].__setitem__("step", 7), "is not one of the snapshots"),
+    (lambda c: c["finetunes"]["dit-post-dmp"]["dmp"].__setitem__("gate", "sparse") if "dmp" in c["finetunes"]["dit-post-dmp"]
+     else c["finetunes"]["dit-post-dmp"].__setitem__("dmp", {"gate": "sparse"}), "sparse"),
+    (lambda c: c["deme_sets"]["unet-post-n2-p50"].__setitem__("p", 1.5), "1.5"),
+    (lambda c: c["deme_sets"]["unet-post-n2-p50-r2"].pop("rank"), "rank"),
+    (lambda c: c["runs"]["deme_before_unet"].__setitem__("evaluate", ["fid"]), "is FID-only"),
+])
+def test_bad_deme_and_dmp_config_fails_before_any_job(snakemake_bin, root, tmp_path, mutate, needle):
+    r = dry_run(snakemake_bin, root, tmp_path, mutate)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and needle in out, out[-2000:]
+
+
+def test_deme_ranges_and_finetunes_are_separate_jobs(snakemake_bin, root, tmp_path):
+    r = dry_run(snakemake_bin, root, tmp_path, lambda c: None)
+    for i in range(2):
+        assert f"results/deme/unet-post-n2-p50/range{i}" in r.stdout
+    assert "results/deme/unet-post-n2-p50/merged" in r.stdout and "results/finetune/dit-post-dmp" in r.stdout
+
+
 def test_experts_of_a_set_are_separate_jobs(snakemake_bin, root, tmp_path):
     r = dry_run(snakemake_bin, root, tmp_path, lambda c: None)
     for i in range(2):  # smoke's core set has n=2: one train_expert job per interval

@@ -103,9 +103,9 @@ def test_deme_stages(smoke):
         assert search[0].startswith("eval,phase,w0,w1") and len(search) - 1 == weights["n_evals"] <= 4
         assert (res / f"plots/deme_cosine_{deme_set}.png").is_file()
     before = json.loads((res / "runs/deme_before_unet/metrics.json").read_text())
-    after = json.loads((res / "runs/deme_after_unet/metrics.json").read_text())
+    after = json.loads((res / "runs/deme_after_unet_r2/metrics.json").read_text())
     assert 0 <= before["color"] <= 100 and "color" not in after  # FID-only run: no CompBench sampling
-    assert not (res / "runs/deme_after_unet/compbench").exists() and after["fid"] >= 0
+    assert not (res / "runs/deme_after_unet_r2/compbench").exists() and after["fid"] >= 0
     table = (res / "tables/deme_supp_table1.md").read_text()
     assert "DeMe after merge" in table and "FID [DeMe Supp. Table 1]" in table and "3.51" in table
     assert (res / "plots/deme_supp_table1_deme_sensitivity.png").is_file()
