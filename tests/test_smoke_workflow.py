@@ -150,6 +150,19 @@ def test_empty_prompt_file_fails_clearly(smoke, snakemake_bin, root, tmp_path):
     assert r.returncode != 0 and "color_val.txt: prompt file is empty" in log
 
 
+def test_training_through_accelerate_launch(smoke, snakemake_bin, root, tmp_path):
+    """accelerate_launch: the rule's script reruns itself under `accelerate launch` (1 CPU process here)."""
+    again = tmp_path / "accel"
+    shutil.copytree(smoke, again, symlinks=True)
+    target = "results/models/base/unet"
+    r = run(snakemake_bin, root, again, target, "--forcerun", "pretrain_base", "--config", "accelerate_launch=True")
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (again / "results/logs/pretrain_base/unet.log").read_text()
+    assert "accelerate.commands.launch --num_processes 1" in log and "--cpu" in log and "pretrain unet" in log
+    weights = f"{target}/diffusion_pytorch_model.safetensors"
+    assert (again / weights).read_bytes() == (smoke / weights).read_bytes()  # same seeds, same weights
+
+
 def test_same_seeds_give_identical_metrics(smoke, snakemake_bin, root, tmp_path):
     """Retrain the unet base and the evaluator, and redo everything downstream: identical bytes."""
     again = tmp_path / "again"

@@ -1,15 +1,44 @@
-"""Glue for `script:` entry points: send output to the rule's log, bound threads."""
+"""Glue for `script:` entry points: send output to the rule's log, bound threads, launch training via accelerate.
+
+With config `accelerate_launch: true`, a training rule's script re-runs itself under `accelerate launch` with
+one process per GPU the rule was given (its `gpu` resource; the slurm profile's `set-resources` sets it per
+rule), so the one training loop runs data-parallel. On a CPU (gpu 0 or 1) that is one process with `--cpu`.
+"""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
+
+# the rules whose scripts run `training.loop.train` on a denoiser: worth several GPUs
+TRAINING_RULES = {"pretrain_base", "train_expert", "assemble_router", "train_moe_lora", "train_full", "train_dmp",
+                  "deme_finetune_range"}
+CHILD = "TSMFLOW_ACCELERATE_CHILD"
 
 
 def setup(snakemake) -> None:
     """Redirect stdout/stderr to the rule's log and use exactly the rule's threads."""
     if snakemake.log:
-        f = open(snakemake.log[0], "w", buffering=1)
+        if not os.environ.get(CHILD):
+            open(snakemake.log[0], "w").close()
+        # append mode: a process launched by accelerate writes after its parent, never over it
+        f = open(snakemake.log[0], "a", buffering=1)
         sys.stdout = sys.stderr = f
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     import torch
     torch.set_num_threads(max(1, int(snakemake.threads)))
+    if snakemake.rule in TRAINING_RULES and snakemake.config.get("accelerate_launch") and not os.environ.get(CHILD):
+        n = max(1, int(getattr(snakemake.resources, "gpu", 0) or 0))
+        sys.exit(relaunch(sys.argv[0], n, use_cpu=not torch.cuda.is_available()))
+
+
+def relaunch(script: str, num_processes: int, use_cpu: bool) -> int:
+    """Run `script` under `accelerate launch` and wait; raises if it fails (the job fails with it)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           *(["--cpu"] if use_cpu else (["--multi_gpu"] if num_processes > 1 else [])), script]
+    print("launching:", " ".join(cmd), flush=True)
+    sys.stdout.flush()
+    subprocess.run(cmd, check=True, env={**os.environ, CHILD: "1"}, stdout=sys.stdout, stderr=sys.stderr)
+    return 0

@@ -23,6 +23,7 @@ import logging
 import math
 import random
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -32,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn as nn
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -87,13 +88,21 @@ def resumable_output(out_dir):
 
     Yields (tmp, ckpt_dir). Snakemake deletes a failed job's declared outputs, so the
     checkpoints live in a hidden sibling it does not know about; they are removed
-    once the finished output has been renamed into place.
+    once the finished output has been renamed into place. Under `accelerate launch`
+    with several processes only the main one writes; the others write into a scratch dir.
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir.parent / f".{out_dir.name}.ckpt"
+    if not PartialState().is_main_process:
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch), ckpt_dir
+        PartialState().wait_for_everyone()
+        return
     with atomic_dir(out_dir) as tmp:
         yield Path(tmp), ckpt_dir
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if PartialState().num_processes > 1:
+        PartialState().wait_for_everyone()
 
 
 def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: Iterator[dict],
@@ -134,7 +143,7 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
     t0 = time.perf_counter() - before
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not acc.is_local_main_process, mininterval=2.0)
     while step < cfg.steps:
-        batch = to_device(next(batches), acc.device)
+        batch = to_device(shard(next(batches), acc.process_index, acc.num_processes), acc.device)
         drawn += 1
         with acc.accumulate(objective):
             loss = objective(batch)
@@ -248,6 +257,15 @@ def _load_checkpoint(path, fingerprint: str, params: list, opt, sched) -> dict |
     version, internal, gauss = meta["python_rng"]
     random.setstate((version, tuple(internal), gauss))
     return meta["progress"]
+
+
+def shard(batch: dict, rank: int, world: int) -> dict:
+    """Process `rank`'s share of a global batch (every process draws the same global batches)."""
+    if world == 1:
+        return batch
+    if _batch_len(batch) < world:
+        raise ValueError(f"batch of {_batch_len(batch)} cannot be split over {world} processes")
+    return {k: v[rank::world] for k, v in batch.items()}
 
 
 def _batch_len(batch: dict) -> int:
