@@ -80,6 +80,7 @@ wildcard_constraints:
     feature_space="shapes|patch|inception",
     expert_set=EXPERT_SET,
     interval=r"\d+",
+    range=r"\d+",
     deme_set="|".join(map(re.escape, DEME_SETS)) or "no_deme_sets",
     finetune="|".join(map(re.escape, FINETUNES)) or "no_finetunes",
 

@@ -28,17 +28,20 @@ def test_range_sampler_draws_outside_at_rate_p(p):
     outside = (t < 250) | (t >= 500)
     tol = 5 * math.sqrt(p * (1 - p) / n) + 1e-12
     assert abs(outside.float().mean().item() - p) <= tol
-    if p < 1:  # inside draws cover the range evenly
-        counts = torch.bincount(t[~outside] - 250, minlength=250).float()
-        assert counts.min() > 0 and counts.std() / counts.mean() < 0.1
+    if p < 1:  # inside draws cover the range evenly: chi-square within 5 sigma of its 249 degrees of freedom
+        counts = torch.bincount(t[~outside] - 250, minlength=250).double()
+        assert counts.min() > 0
+        e = counts.mean()
+        assert ((counts - e) ** 2 / e).sum() < 249 + 5 * math.sqrt(2 * 249)
     if p > 0:  # outside draws come from both sides, in proportion to their sizes (250 below, 500 above)
         below = (t[outside] < 250).float().mean().item()
         assert abs(below - 1 / 3) < 0.01
 
 
 def test_range_sampler_rejects_bad_settings():
-    with pytest.raises(ValueError, match="not in"):
-        RangeTimesteps(0, 500, 1.5, T)
+    for bad_p in (1.5, -0.1):
+        with pytest.raises(ValueError, match="not in"):
+            RangeTimesteps(0, 500, bad_p, T)
     with pytest.raises(ValueError, match="covers every timestep"):
         RangeTimesteps(0, T, 0.3, T)
     with pytest.raises(ValueError, match="non-empty"):
@@ -79,12 +82,21 @@ def test_consistency_loss_adds_the_distance_to_the_frozen_teacher(mini_backbone)
     noise = torch.randn_like(x0)
     xt = bb.noise_scheduler.add_noise(x0, noise, t)
     with torch.no_grad():
-        expected = 2.0 * ((bb.predict(xt, t, cond) - bb.predict(xt, t, cond, denoiser=teacher)) ** 2).mean()
+        per_sample = 2.0 * ((bb.predict(xt, t, cond) - bb.predict(xt, t, cond, denoiser=teacher)) ** 2).mean((1, 2, 3))
+    assert per_sample.min() > 0
     torch.manual_seed(5)
     a = plain(batch)
     torch.manual_seed(5)
     b = with_teacher(batch)
-    torch.testing.assert_close(b - a, expected, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(b - a, per_sample.mean(), rtol=1e-4, atol=1e-7)
+    # a per-sample loss weight (GORS) weights the consistency term like the denoising term
+    w = torch.tensor([1.0, 0.0, 2.0, 0.5])
+    with torch.no_grad():
+        torch.manual_seed(5)
+        aw = plain({**batch, "weight": w})
+        torch.manual_seed(5)
+        bw = with_teacher({**batch, "weight": w})
+    torch.testing.assert_close(bw - aw, (per_sample * w).sum() / w.sum(), rtol=1e-4, atol=1e-7)
     b.backward()
     assert all(p.grad is None for p in teacher.parameters()) and "teacher" not in dict(with_teacher.named_modules())
 
@@ -121,8 +133,13 @@ def test_merge_rejects_mismatched_models():
         task_vectors(base, [{"w": models[0]["w"]}])
     with pytest.raises(ValueError, match="non-float entry 'steps'"):
         task_vectors(base, [{**models[0], "steps": torch.tensor([8])}])
+    with pytest.raises(ValueError, match="shape"):
+        task_vectors(base, [{**models[0], "b": models[0]["b"][None]}])  # would broadcast silently
     with pytest.raises(ValueError, match="2 weights for 1"):
         merge(base, task_vectors(base, models), [1, 1])
+    tau = task_vectors(base, models)[0]
+    with pytest.raises(ValueError, match="task vector 1 does not match"):
+        merge(base, [tau, {"w": tau["w"]}], [1, 1])
 
 
 def test_cosine_matrix():
@@ -133,6 +150,8 @@ def test_cosine_matrix():
     np.testing.assert_allclose(np.diag(c), 1.0, atol=1e-12)
     np.testing.assert_allclose(c, c.T)
     assert c[0, 1] == pytest.approx(1 / math.sqrt(2)) and c[0, 2] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="same entries"):
+        cosine_matrix([taus[0], {"a": torch.tensor([1.0, 0.0])}])
 
 
 # ------------------------------------------------------------------ searching the weights
@@ -176,6 +195,8 @@ def test_pattern_search_respects_the_box_and_max_evals(tmp_path):
     assert all(0.0 <= x <= 1.0 for w in seen for x in w)
     with pytest.raises(ValueError, match="min_step"):
         pattern_search(f, 2, 0.0, 1.0, 0.5, 1.0, 0.5, tmp_path / "q.csv")
+    with pytest.raises(ValueError, match="max_evals=0"):
+        pattern_search(f, 2, 0.0, 1.0, 0.5, 0.25, 0.5, tmp_path / "q.csv", max_evals=0)
     with pytest.raises(ValueError, match="not a point of the box"):
         pattern_search(f, 2, 0.0, 1.0, 0.5, 0.25, 2.0, tmp_path / "q.csv")
 
@@ -188,6 +209,7 @@ def test_range_ensemble_switches_models_by_timestep_and_restores(mini_backbone):
     base = {k: v.clone() for k, v in bb.denoiser.state_dict().items()}
     other = {k: (v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in base.items()}
     ens = RangeEnsemble(bb.denoiser, [base, other], T)
+    assert ens.ranges == [(0, 500), (500, 1000)]
     bb.routers.append(ens)
     ref = copy.deepcopy(bb.denoiser)
     x = torch.randn(2, *bb.latent_shape)
@@ -199,7 +221,9 @@ def test_range_ensemble_switches_models_by_timestep_and_restores(mini_backbone):
             ref.load_state_dict(sd)
             assert torch.equal(bb.predict(x, tt, cond), bb.predict(x, tt, cond, denoiser=ref)), t
         assert ens.switches == 3
-        with pytest.raises(ValueError, match="one timestep range per call"):
+        with pytest.raises(ValueError, match="one timestep per call"):
             bb.route(torch.tensor([100, 700]))
     ens.restore()
     assert all(torch.equal(v, base[k]) for k, v in bb.denoiser.state_dict().items())
+    with pytest.raises(ValueError, match="range model 1 does not match"):
+        RangeEnsemble(bb.denoiser, [base, {k: v for k, v in other.items() if k != next(iter(other))}], T)

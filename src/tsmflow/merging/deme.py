@@ -1,7 +1,8 @@
 """DeMe's merging: task vectors, the merge, their cosine similarities, and the merge-weight searches.
 
 theta_merged = theta_0 + sum_i w_i tau_i, tau_i = theta_i - theta_0 (supplement Eq. 10). The arithmetic
-runs in float64 and is cast back at the end, so w = 0 gives theta_0 and w = e_i gives theta_i bit for bit.
+runs in float64 and is cast back at the end, so w = 0 gives theta_0 and w = e_i gives theta_i bit for bit
+(for float32/16 weights: float64 holds their differences exactly unless an entry changes magnitude by ~2^29).
 
 The paper picks w by an exhaustive grid search with a variable step, scored by FID-5K. `grid_search` is
 that grid at one step; `pattern_search` is the cheaper search the workflow runs: a compass search on the
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..adapters.experts import interval_of
+from ..adapters.experts import interval_bounds, interval_of
 
 State = dict[str, torch.Tensor]
 
@@ -38,6 +39,8 @@ def task_vectors(base: State, finetuned: list[State]) -> list[State]:
             raise ValueError(f"model {i} does not match the base model: keys differ ({diff})")
         tau = {}
         for k, v in base.items():
+            if sd[k].shape != v.shape:  # a silent broadcast would give a wrong task vector
+                raise ValueError(f"model {i}: entry {k!r} has shape {tuple(sd[k].shape)}, the base {tuple(v.shape)}")
             if v.is_floating_point():
                 tau[k] = sd[k].double() - v.double()
             elif not torch.equal(sd[k], v):
@@ -51,9 +54,13 @@ def merge(base: State, taus: list[State], weights) -> State:
     weights = [float(w) for w in weights]
     if len(weights) != len(taus):
         raise ValueError(f"{len(weights)} weights for {len(taus)} task vectors")
+    keys = set(taus[0]) if taus else set()
+    for i, tau in enumerate(taus):
+        if set(tau) != keys or not keys <= set(base):
+            raise ValueError(f"task vector {i} does not match the base model: keys differ (use task_vectors)")
     out = {}
     for k, v in base.items():
-        if k not in (taus[0] if taus else {}):
+        if k not in keys:
             out[k] = v.clone()
             continue
         acc = v.double().clone()
@@ -66,9 +73,15 @@ def merge(base: State, taus: list[State], weights) -> State:
 
 def cosine_matrix(taus: list[State]) -> np.ndarray:
     """Cosine similarity of every pair of task vectors, over all their entries (supplement Fig. 1)."""
-    flat = torch.stack([torch.cat([t[k].flatten() for k in sorted(t)]) for t in taus])
-    unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    return (unit @ unit.T).numpy()
+    if not taus or any(set(t) != set(taus[0]) for t in taus):
+        raise ValueError("cosine_matrix needs task vectors over the same entries (from task_vectors)")
+    # the Gram matrix summed entry by entry: never holds N flattened copies of the whole model
+    gram = torch.zeros(len(taus), len(taus), dtype=torch.float64)
+    for k in taus[0]:
+        f = torch.stack([t[k].detach().reshape(-1).double().cpu() for t in taus])
+        gram += f @ f.T
+    norm = gram.diagonal().sqrt().clamp_min(1e-30)
+    return (gram / norm[:, None] / norm[None, :]).numpy()
 
 
 # ---------------------------------------------------------------- searching the weights
@@ -144,6 +157,8 @@ def pattern_search(f: Callable, n: int, lo: float, hi: float, step: float, min_s
     """
     if min_step <= 0 or min_step > step:
         raise ValueError(f"min_step={min_step} must be in (0, step={step}]")
+    if max_evals is not None and max_evals < 1:
+        raise ValueError(f"max_evals={max_evals}: the start point alone takes one evaluation")
     w = np.full(n, float(init)) if np.isscalar(init) else np.asarray(init, dtype=float)
     if w.shape != (n,) or (w < lo - 1e-9).any() or (w > hi + 1e-9).any():
         raise ValueError(f"init {init} is not a point of the box [{lo}, {hi}]^{n}")
@@ -176,21 +191,28 @@ class RangeEnsemble:
     """DeMe before merging: load the state of the range model whose range holds t into the denoiser.
 
     Driven by `Backbone.route(t)` like TSM's merged fast path. All samples of a call must share a range
-    (the sampler passes one t per step); `restore()` puts the original weights back.
+    (the sampler passes one t per step); `restore()` puts the original weights back. Model i covers
+    `ranges[i]` = interval_bounds(i, N, T), the same split of [0, T) as TSM's experts and as training.
     """
 
     def __init__(self, denoiser: nn.Module, states: list[State], num_train_timesteps: int):
         if not states:
             raise ValueError("a DeMe ensemble needs at least one range model")
         self.denoiser, self.states, self.T = denoiser, states, num_train_timesteps
+        self.ranges = [interval_bounds(i, len(states), num_train_timesteps) for i in range(len(states))]
         self.original = {k: v.clone() for k, v in denoiser.state_dict().items()}
+        for i, sd in enumerate(states):  # fail now, not at the first switch in the middle of sampling
+            if sd.keys() != self.original.keys():
+                raise ValueError(f"range model {i} does not match the denoiser: keys differ "
+                                 f"({sorted(set(sd) ^ set(self.original))[:3]})")
         self.active: int | None = None
         self.switches = 0
 
     def set_timesteps(self, t: torch.Tensor) -> bool:
         ranges = interval_of(t.reshape(-1), len(self.states), self.T).unique()
         if len(ranges) != 1:
-            raise ValueError(f"a DeMe ensemble needs one timestep range per call, got ranges {ranges.tolist()}")
+            raise ValueError(f"a DeMe ensemble needs one timestep per call (all samples in one range), "
+                             f"got samples in ranges {ranges.tolist()}")
         i = int(ranges[0])
         if i != self.active:
             self.denoiser.load_state_dict(self.states[i])
