@@ -68,7 +68,7 @@ def smoke(tmp_path_factory, snakemake_bin, root):
     """
     workdir = tmp_path_factory.mktemp("smoke")
     t0 = time.perf_counter()
-    r = run_smoke(snakemake_bin, root, workdir, timeout=2400 if SLURM else 1500, slurm=SLURM)
+    r = run_smoke(snakemake_bin, root, workdir, timeout=3600 if SLURM else 2400, slurm=SLURM)
     workdir.with_name(workdir.name + ".log").write_text(
         f"# {' '.join(r.args)}\n# wall {time.perf_counter() - t0:.0f} s\n{r.stdout}{r.stderr}")
     assert r.returncode == 0, r.stderr[-4000:]
