@@ -22,8 +22,8 @@ import yaml
 from tsmflow.data.io import read_json, read_labels, write_json
 from tsmflow.evaluation.evaluator import load_evaluator
 from tsmflow.evaluation.fid import load_stats
-from tsmflow.merging.deme import grid_search, pattern_search, task_vectors
-from tsmflow.merging.fid_search import FidObjective, load_range_states, search_captions
+from tsmflow.merging.deme import grid_search, load_range_states, pattern_search, task_vectors
+from tsmflow.merging.fid_search import FidObjective, search_captions
 from tsmflow.models.backbone import load_mini_backbone
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,12 +24,11 @@ from .adapters.dmp import load_dmp
 from .adapters.lora import load_lora, lora_parts, read_lora_spec
 from .adapters.router import ExpertMixture, MergedIntervalExperts, Scale
 from .data.io import read_json
-from .merging.deme import RangeEnsemble
+from .merging.deme import RangeEnsemble, load_range_states
 from .models.backbone import Backbone, load_mini_backbone
 
 ROUTER_WEIGHTS = "router.safetensors"
 ROUTER_CONFIG = "router.json"
-DENOISER_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
 
 def load_expert_sets(backbone: Backbone, expert_dirs) -> dict[str, Scale]:
@@ -97,7 +96,7 @@ def load_run_backbone(spec: dict, inputs) -> Backbone:
         load_dmp(bb, finetune_dir(spec, dmp))
         return bb
     if method == "deme_ensemble":
-        states = [load_file(str(Path(d) / DENOISER_WEIGHTS)) for d in inputs.ranges]
+        states = load_range_states(inputs.ranges)
         bb.routers.append(RangeEnsemble(bb.denoiser, states, bb.num_train_timesteps))
         return bb
     if method in ("lora", "tsm1", "tsm2"):

@@ -24,10 +24,22 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from ..adapters.experts import interval_bounds, interval_of
 
 State = dict[str, torch.Tensor]
+DENOISER_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
+
+
+def load_range_states(range_dirs) -> list[dict]:
+    out = []
+    for d in range_dirs:
+        path = Path(d) / DENOISER_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: DeMe range model not found (has deme_finetune_range run?)")
+        out.append(load_file(str(path)))
+    return out
 
 
 def task_vectors(base: State, finetuned: list[State]) -> list[State]:

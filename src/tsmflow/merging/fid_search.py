@@ -14,27 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from safetensors.torch import load_file
 
 from ..data.io import atomic_dir, save_png, write_json
 from ..evaluation.fid import fid_from_stats, folder_stats, load_stats
 from ..models.backbone import Backbone
 from ..sampling.sample import generate
 from ..training.finetune import save_denoiser
-from .deme import cosine_matrix, merge, pattern_search, task_vectors
-
-DENOISER_WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def load_range_states(range_dirs) -> list[dict]:
-    out = []
-    for d in range_dirs:
-        path = Path(d) / DENOISER_WEIGHTS
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: DeMe range model not found (has deme_finetune_range run?)")
-        out.append(load_file(str(path)))
-    return out
-
+from .deme import cosine_matrix, load_range_states, merge, pattern_search, task_vectors
 
 class FidObjective:
     """w -> FID of the merged model's images (fixed captions and seeds) against reference stats."""
