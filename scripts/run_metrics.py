@@ -3,7 +3,7 @@ count, trainable parameters."""
 import pandas as pd
 
 from tsmflow.data.io import read_json, write_json
-from tsmflow.runs import trainable_summary
+from tsmflow.reporting.tables import trainable_summary
 from tsmflow.workflow import setup
 
 setup(snakemake)

@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from tsmflow.data.io import write_labels
 from tsmflow.models.backbone import load_mini_backbone
-from tsmflow.runs import load_run_backbone, trainable_summary
+from tsmflow.reporting.tables import trainable_summary
+from tsmflow.runs import load_run_backbone
 
 TRAIN = {"batch_size": 4, "lr": 0.001, "seed": 0, "checkpoint_every": 1}
 

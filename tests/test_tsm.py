@@ -16,7 +16,7 @@ from tsmflow.adapters.router import ExpertMixture, MergedIntervalExperts, Router
 from tsmflow.data.io import write_labels
 from tsmflow.data.prompt_images import select
 from tsmflow.expert_sets import ExpertSet, run_expert_sets
-from tsmflow.runs import trainable_summary
+from tsmflow.reporting.tables import trainable_summary
 
 T = 1000
 LORA_CFG = {"alpha_over_rank": 1.0, "denoiser_targets": ["to_q", "to_k", "to_v", "to_out.0"],

@@ -133,22 +133,3 @@ def moe_mixture(bb: Backbone, models: dict, names: list[str]) -> ExpertMixture:
     """MoE-LoRA: every expert covers all timesteps and is gated by softmax(FC(z)); no core, no E(t)."""
     return ExpertMixture(models, None, [Scale(1, (n,)) for n in names], bb.num_train_timesteps,
                          router_input="z", gate="softmax")
-
-
-def trainable_summary(spec: dict, stats: list[dict]) -> dict:
-    """Trainable parameters of a run's last training stage, as TSM Table 9 counts them.
-
-    lora / tsm1: all experts (n experts of rank r cost what one rank n*r LoRA costs);
-    tsm2: the routers only (the experts are frozen); moe_lora: experts and router;
-    finetune: what the job trained (all denoiser weights, or prompts and gate); DeMe: every range model.
-    `stats` are the stats.json of the run's expert dirs and router dir.
-    """
-    method = spec["method"]
-    if method == "base" or not stats:
-        return {}
-    if method == "tsm2":
-        n = sum(s["trainable_params"] for s in stats if "router_params" in s)
-    else:
-        n = sum(s["trainable_params"] for s in stats)
-    total = stats[0]["model_params"]
-    return {"trainable_params": int(n), "trainable_pct": 100.0 * n / total}

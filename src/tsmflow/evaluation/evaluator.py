@@ -29,8 +29,7 @@ from safetensors.torch import load_file, save_file
 from ..data import grammar as G
 from ..data.io import DataError, load_dataset, write_json
 from ..data.world import COLORS, SHAPES, SIZE_FRACTION, SIZES, TEXTURES, Obj, Scene, place, render
-from ..training.loop import TrainConfig, infinite_batches, make_accelerator, resumable_output, train
-from ..training.text_encoder import to_pixels
+from ..training.loop import TrainConfig, infinite_batches, make_accelerator, resumable_output, to_pixels, train
 
 # head order; each attribute's values in the renderer's order
 ATTRS = ("shape", "color", "texture", "size")

@@ -113,3 +113,22 @@ def write_table(df: pd.DataFrame, decl: dict, csv_path, md_path, tex_path) -> No
 
 def load_run_metrics(paths: dict[str, str]) -> dict[str, dict]:
     return {run: read_json(p) for run, p in paths.items()}
+
+
+def trainable_summary(spec: dict, stats: list[dict]) -> dict:
+    """Trainable parameters of a run's last training stage, as TSM Table 9 counts them.
+
+    lora / tsm1: all experts (n experts of rank r cost what one rank n*r LoRA costs);
+    tsm2: the routers only (the experts are frozen); moe_lora: experts and router;
+    finetune: what the job trained (all denoiser weights, or prompts and gate); DeMe: every range model.
+    `stats` are the stats.json of the run's expert dirs and router dir.
+    """
+    method = spec["method"]
+    if method == "base" or not stats:
+        return {}
+    if method == "tsm2":
+        n = sum(s["trainable_params"] for s in stats if "router_params" in s)
+    else:
+        n = sum(s["trainable_params"] for s in stats)
+    total = stats[0]["model_params"]
+    return {"trainable_params": int(n), "trainable_pct": 100.0 * n / total}

@@ -282,6 +282,11 @@ def _write_curve(path, rows: list[dict]) -> None:
             w.writerows(rows)
 
 
+def to_pixels(images) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def infinite_batches(tensors: dict, batch_size: int, seed: int, extra: dict | None = None) -> Iterator[dict]:
     """Endless shuffled minibatches over aligned tensors (and aligned Python lists in `extra`)."""
     n = len(next(iter(tensors.values())))

@@ -4,18 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from accelerate.utils import set_seed
-import torch
 from transformers import CLIPModel
 
 from ..data.grammar import vocabulary
 from ..data.io import load_dataset, write_json
 from ..models.text import ContrastiveObjective, build_tokenizer, clip_config, export_text_encoder
-from .loop import TrainConfig, infinite_batches, resumable_output, train
-
-
-def to_pixels(images) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+from .loop import TrainConfig, infinite_batches, resumable_output, to_pixels, train
 
 
 def train_text_encoder(data_dir, cfg: dict, out_dir) -> dict:

@@ -14,7 +14,7 @@ from ..data.io import atomic_path, load_dataset, write_json
 from ..models.mini import build_vae
 from .loop import TrainConfig, infinite_batches, resumable_output, train
 from .objectives import VAEObjective
-from .text_encoder import to_pixels
+from .loop import to_pixels
 
 
 @torch.no_grad()
