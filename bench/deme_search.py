@@ -44,7 +44,7 @@ def main() -> None:
     base = {k: v.clone() for k, v in bb.denoiser.state_dict().items()}
     taus = task_vectors(base, load_range_states([res / f"deme/{args.deme_set}/range{i}" for i in range(d["n"])]))
     captions = search_captions([r["caption"] for r in read_labels(res / "data/reference/labels.jsonl")],
-                               search["n_samples"])
+                               search["n_samples"], cfg["evaluation"]["fid"]["n_samples"])
     space = cfg["evaluation"]["fid"]["feature_space"]
     objective = FidObjective(bb, base, taus, captions, [search["seed"] + k for k in range(len(captions))],
                              search["steps"], cfg["sampling"]["guidance_scale"], load_evaluator(res / "models/evaluator"),

@@ -9,7 +9,8 @@ rule deme_finetune_range:
         model=directory(get_deme_range_dir("{deme_set}", "{range}")),
     params:
         set=lambda wc: DEME_SETS[wc.deme_set],
-        deme=config["deme"],
+        # without the search settings, so changing them reruns only the search
+        deme={k: v for k, v in config["deme"].items() if k != "search"},
     log:
         get_log("deme_finetune_range", "{deme_set}", "{range}"),
     benchmark:
@@ -32,6 +33,7 @@ rule deme_merge_search:
         model=directory(get_deme_merged_dir("{deme_set}")),
     params:
         search=config["deme"]["search"],
+        n_final=config["evaluation"]["fid"]["n_samples"],
         guidance_scale=config["sampling"]["guidance_scale"],
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:

@@ -11,7 +11,8 @@ rule train_full:
         finetune="|".join(re.escape(f) for f, d in FINETUNES.items() if d["method"] == "full") or "none",
     params:
         finetune=lambda wc: FINETUNES[wc.finetune],
-        defaults=config.get("finetune"),
+        # only this method's defaults: a change to the other method's settings does not rerun these jobs
+        defaults=lambda wc: {k: config["finetune"][k] for k in ("caption_dropout", "full")},
     log:
         get_log("train_full", "{finetune}"),
     benchmark:
@@ -36,7 +37,8 @@ rule train_dmp:
         finetune="|".join(re.escape(f) for f, d in FINETUNES.items() if d["method"] == "dmp") or "none",
     params:
         finetune=lambda wc: FINETUNES[wc.finetune],
-        defaults=config.get("finetune"),
+        # only this method's defaults: a change to the other method's settings does not rerun these jobs
+        defaults=lambda wc: {k: config["finetune"][k] for k in ("caption_dropout", "dmp")},
     log:
         get_log("train_dmp", "{finetune}"),
     benchmark:

@@ -16,5 +16,5 @@ check_validated(i.validation, p.require_validated)
 arch = snakemake.config["deme_sets"][snakemake.wildcards.deme_set]["backbone"]
 bb = load_mini_backbone(arch, i.model, i.vae, i.text_encoder)
 captions = [r["caption"] for r in read_labels(f"{i.reference}/labels.jsonl")]
-print(merge_search(bb, i.ranges, p.search, p.guidance_scale, captions, load_evaluator(i.evaluator),
+print(merge_search(bb, i.ranges, p.search, p.guidance_scale, captions, p.n_final, load_evaluator(i.evaluator),
                    i.reference_stats, snakemake.output.model, feature_space=space))

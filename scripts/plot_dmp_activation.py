@@ -3,8 +3,8 @@ import numpy as np
 import torch
 
 from tsmflow.adapters.dmp import load_dmp
-from tsmflow.data.io import read_prompts
-from tsmflow.models.backbone import load_mini_backbone
+from tsmflow.data.io import atomic_path, read_prompts
+from tsmflow.models.backbone import denoiser_mask, load_mini_backbone
 from tsmflow.reporting.plots import prompt_activation
 from tsmflow.workflow import setup
 
@@ -17,9 +17,12 @@ prompts = [p for f in i.prompts for p in read_prompts(f)]
 timesteps = np.linspace(0, bb.num_train_timesteps - 1, 50).round().astype(int)
 with torch.no_grad():
     cond = bb.encode(prompts)
+# the gate sees the mask the denoiser gets while sampling (predict), not the text encoder's own
+mask = denoiser_mask(arch, cond)
 weights = np.nanmean(np.stack([dmp.activation_map(torch.from_numpy(timesteps), cond["hidden"][k:k + 1],
-                                                   None if cond.get("mask") is None else cond["mask"][k:k + 1])
+                                                   None if mask is None else mask[k:k + 1])
                                for k in range(len(prompts))]), axis=0)
-np.savez(snakemake.output.activation, weights=weights, timesteps=timesteps)
+with atomic_path(snakemake.output.activation) as tmp, open(tmp, "wb") as f:
+    np.savez(f, weights=weights, timesteps=timesteps)  # a file object: np.savez would add .npz to a path
 prompt_activation(weights, timesteps, snakemake.output.plot,
                   f"DMP prompt activation, {snakemake.wildcards.finetune} ({len(prompts)} prompts)")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tsmflow.merging.deme import RangeEnsemble, cosine_matrix, grid_search, merge, pattern_search, task_vectors
+from tsmflow.merging.fid_search import search_captions
 from tsmflow.training.objectives import DiffusionObjective, RangeTimesteps
 
 T = 1000
@@ -202,6 +203,14 @@ def test_pattern_search_respects_the_box_and_max_evals(tmp_path):
 
 
 # ------------------------------------------------------------------ before merging
+
+
+def test_search_captions_never_overlap_the_final_fid_captions():
+    captions = [f"c{k}" for k in range(10)]
+    assert search_captions(captions, 3, 7) == ["c7", "c8", "c9"]  # final FID samples c0..c6
+    assert not set(search_captions(captions, 4, 6)) & set(captions[:6])
+    with pytest.raises(ValueError, match=r"deme.search.n_samples=4 \+ evaluation.fid.n_samples=7 exceed the 10"):
+        search_captions(captions, 4, 7)
 
 
 def test_range_ensemble_switches_models_by_timestep_and_restores(mini_backbone):

@@ -2,10 +2,12 @@
 
 The `smoke` fixture (conftest.py) runs the whole DAG once per session."""
 import json
+import re
 import shutil
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import run_smoke as run
@@ -140,6 +142,20 @@ def test_report_gathers_tables_and_images(smoke, snakemake_bin, root):
 def test_rerun_has_nothing_to_do(smoke, snakemake_bin, root):
     r = run(snakemake_bin, root, smoke, "-n")
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:]
+
+
+def test_a_stage_setting_reruns_only_its_stage(smoke, snakemake_bin, root, tmp_path):
+    """Rule params carry only what a job uses: the search's sample count and DMP's lr rerun their own jobs."""
+    cfg = yaml.safe_load((root / "config/smoke.yaml").read_text())
+    cfg["deme"]["search"]["n_samples"] += 1
+    cfg["finetune"]["dmp"]["train"]["lr"] *= 2
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    r = run(snakemake_bin, root, smoke, "-n", configfile=edited)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, flags=re.M))
+    assert "deme_merge_search" in jobs and "train_dmp" in jobs, r.stdout[-3000:]
+    assert "deme_finetune_range" not in jobs and "train_full" not in jobs, r.stdout[-3000:]
 
 
 def test_empty_prompt_file_fails_clearly(smoke, snakemake_bin, root, tmp_path):

@@ -13,7 +13,8 @@ Blocks of different sizes (UNet) share the gate: block i uses the first N_i of i
 The gate's depth input is one-hot: a linear layer on a scalar depth could only shift the logits linearly
 with depth. The condition embedding is the mean of the denoiser's text tokens (masked where a mask is
 given); the timestep embedding is diffusers' sinusoidal one. Prompts and gate start at zero, so a fresh
-patch changes nothing: the patched model computes exactly what the frozen model does.
+"add" patch changes nothing: the patched model computes exactly what the frozen model does. A fresh
+"prepend" patch does change the output: its zero tokens still take part in the block's attention.
 
 Variants (DMP Table 4): gate "hard" keeps the top ceil(top_k_frac * N) prompts with weight 1; "none" is
 prompt tuning (every prompt, weight 1, no gate). selection "uniform" drops the depth input, so every block
@@ -121,14 +122,14 @@ def _block_shapes(denoiser: nn.Module, arch: str) -> list[tuple[int, int]]:
 class MixtureOfPrompts(nn.Module):
     """Prompts and gate for one denoiser; `attach()` installs the hooks that apply them."""
 
-    def __init__(self, denoiser: nn.Module, arch: str, cfg: DMPConfig, shapes: list[tuple[int, int]] | None = None):
+    def __init__(self, denoiser: nn.Module, arch: str, cfg: DMPConfig):
         super().__init__()
         if cfg.position == "prepend" and arch == "unet":
             raise ValueError("dmp.position=prepend needs a token sequence; the UNet's blocks take (B, C, H, W) "
                              "feature maps, so use position=add")
         self.arch, self.cfg = arch, cfg
         self.block_names = [n for n, _ in _blocks(denoiser, arch)]
-        self.shapes = [tuple(s) for s in (shapes or _block_shapes(denoiser, arch))]
+        self.shapes = _block_shapes(denoiser, arch)
         self.n_max = max(n for n, _ in self.shapes)
         self.cond_dim = _cond_dim(denoiser, arch) if cfg.condition else 0
         self.prompts = nn.ParameterList([nn.Parameter(torch.zeros(n, d)) for n, d in self.shapes])
@@ -145,10 +146,6 @@ class MixtureOfPrompts(nn.Module):
         self._weights: list[torch.Tensor] | None = None
         self.last_gates: list[torch.Tensor] = []
 
-    @property
-    def num_prompt_params(self) -> int:
-        return sum(p.numel() for p in self.prompts)
-
     # ------------------------------------------------------------ the gate
 
     def gate_input(self, t: torch.Tensor, cond_hidden: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
@@ -161,7 +158,7 @@ class MixtureOfPrompts(nn.Module):
             else:
                 parts.append(h.mean(1))
         x = torch.cat(parts, dim=-1)
-        return x.to(self.gate.weight.dtype) if self.gate is not None else x
+        return x.to(self.gate.weight.dtype)
 
     def weights(self, t: torch.Tensor, cond_hidden=None, mask=None) -> list[torch.Tensor]:
         """Per block, the (B, N_i) weight of each prompt."""

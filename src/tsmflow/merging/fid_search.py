@@ -4,7 +4,7 @@ Every candidate w gives theta = theta_0 + sum_i w_i tau_i; its objective is the 
 of a small sample set (the paper: FID-5K; here `deme.search.n_samples`) against the
 reference statistics. The sample set uses the same captions and the same initial
 noise for every candidate, so candidates differ only by their weights. The captions
-are the last reference captions, disjoint from the ones the final FID samples.
+are the last reference captions, disjoint from the first ones, which the final FID samples.
 """
 from __future__ import annotations
 
@@ -43,20 +43,24 @@ class FidObjective:
         return fid_from_stats(mu, sigma, self.ref["mu"], self.ref["sigma"])
 
 
-def search_captions(reference_captions: list[str], n: int) -> list[str]:
-    if n > len(reference_captions) // 2:
-        raise ValueError(f"deme.search.n_samples={n}: at most half of the {len(reference_captions)} reference "
-                         "captions, so the search never sees the final FID's captions")
+def search_captions(reference_captions: list[str], n: int, n_final: int) -> list[str]:
+    """The last n captions: the final FID samples the first n_final, so the search never sees those."""
+    if n + n_final > len(reference_captions):
+        raise ValueError(f"deme.search.n_samples={n} + evaluation.fid.n_samples={n_final} exceed the "
+                         f"{len(reference_captions)} reference captions: the search must not see the final "
+                         "FID's captions")
     return reference_captions[-n:]
 
 
 def merge_search(backbone: Backbone, range_dirs, search: dict, guidance_scale: float, reference_captions,
-                 detector, ref_stats_path, out_dir, feature_space: str = "shapes") -> dict:
-    """Search the weights, then save the merged denoiser, the search log and the task vectors' cosines."""
+                 n_final: int, detector, ref_stats_path, out_dir, feature_space: str = "shapes") -> dict:
+    """Search the weights, then save the merged denoiser, the search log and the task vectors' cosines.
+
+    `n_final` is the final FID's sample count (evaluation.fid.n_samples), whose captions the search avoids."""
     base = {k: v.clone() for k, v in backbone.denoiser.state_dict().items()}
     taus = task_vectors(base, load_range_states(range_dirs))
     n = len(taus)
-    captions = search_captions(list(reference_captions), search["n_samples"])
+    captions = search_captions(list(reference_captions), search["n_samples"], n_final)
     objective = FidObjective(backbone, base, taus, captions, [search["seed"] + k for k in range(len(captions))],
                              search["steps"], guidance_scale, detector, load_stats(ref_stats_path), feature_space)
     with atomic_dir(out_dir) as tmp:

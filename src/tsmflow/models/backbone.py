@@ -88,6 +88,11 @@ class Backbone:
         return next(self.denoiser.parameters()).device
 
 
+def denoiser_mask(arch: str, cond: Cond) -> torch.Tensor | None:
+    """The text mask the denoiser sees: only the DiT takes one; the UNet and MM-DiT attend to every token."""
+    return cond.get("mask") if arch == "dit" else None
+
+
 def predict(arch: str, denoiser: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
     """One denoiser call with each architecture's own signature; returns the prediction."""
     t = t.expand(x.shape[0]) if t.ndim == 0 else t
@@ -100,7 +105,7 @@ def predict(arch: str, denoiser: nn.Module, x: torch.Tensor, t: torch.Tensor, co
             h, w = x.shape[-2] * 8, x.shape[-1] * 8
             extra = {"resolution": torch.tensor([[h, w]], device=x.device, dtype=x.dtype).repeat(x.shape[0], 1),
                      "aspect_ratio": torch.tensor([[w / h]], device=x.device, dtype=x.dtype).repeat(x.shape[0], 1)}
-        out = denoiser(x, encoder_hidden_states=cond["hidden"], encoder_attention_mask=cond.get("mask"),
+        out = denoiser(x, encoder_hidden_states=cond["hidden"], encoder_attention_mask=denoiser_mask(arch, cond),
                        timestep=t, added_cond_kwargs=extra).sample
     elif arch == "mmdit":
         out = denoiser(hidden_states=x, encoder_hidden_states=cond["hidden"],

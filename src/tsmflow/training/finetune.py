@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from ..adapters.dmp import DMPConfig, add_dmp, importance_loss, load_loss, save_dmp
@@ -59,9 +60,11 @@ def _run(objective, params, tensors, extra, tcfg: TrainConfig, out_dir, desc: st
 
         stats = train(objective, params, infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra=extra),
                       tcfg, tmp / "loss.csv", desc=desc, checkpoint=ckpt / "train.safetensors", on_step=on_step)
-        for s in snapshots:
-            shutil.copytree(snapshot_dir(ckpt, s), snapshot_dir(tmp, s))
-        save(tmp)
+        # only the main process wrote snapshots (train's on_step); the others' tmp is scratch
+        if PartialState().is_main_process:
+            for s in snapshots:
+                shutil.copytree(snapshot_dir(ckpt, s), snapshot_dir(tmp, s))
+            save(tmp)
         stats.update(train_samples=len(extra["caption"]), snapshots=snapshots, **(info or {}))
         write_json(tmp / "stats.json", stats)
     return stats

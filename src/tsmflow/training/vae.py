@@ -3,18 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from accelerate.utils import set_seed
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..data.io import atomic_path, load_dataset, write_json
 from ..models.mini import build_vae
-from .loop import TrainConfig, infinite_batches, resumable_output, train
+from .loop import TrainConfig, infinite_batches, resumable_output, to_pixels, train
 from .objectives import VAEObjective
-from .loop import to_pixels
 
 
 @torch.no_grad()
