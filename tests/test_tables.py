@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from tsmflow.evaluation.scoring import UnvalidatedEvaluatorError, check_validated, parse_image_name
-from tsmflow.reporting.plots import category_bars, fid_bars
+from tsmflow.reporting.plots import category_bars, deme_sensitivity_series, fid_bars
 from tsmflow.reporting.tables import build_table, load_paper_table, paper_value, write_table
 
 DECL = {"title": "Base models", "caption": "rows are runs", "paper_table": "tsm_table1",
@@ -50,6 +50,15 @@ def test_plots_render(tmp_path):
     category_bars(DECL, METRICS, tmp_path / "bars.png")
     fid_bars(DECL, METRICS, tmp_path / "fid.png")
     assert (tmp_path / "bars.png").stat().st_size > 5000 and (tmp_path / "fid.png").stat().st_size > 3000
+
+
+def test_deme_sensitivity_series():
+    # the default sweep: N in {1, 2, 4} at p=0.3 (N=1 has no outside, p=0), p in {0, 0.3, 0.6} at N=4
+    pts = [(1, 0.0, 30.0), (2, 0.3, 25.0), (4, 0.3, 20.0), (4, 0.0, 22.0), (4, 0.6, 21.0)]
+    series = deme_sensitivity_series(pts)
+    assert series == {"N (p=0.3)": [(1, 30.0), (2, 25.0), (4, 20.0)],
+                      "p (N=4)": [(0.3, 20.0), (0.0, 22.0), (0.6, 21.0)]}  # no "N (p=0)" from N=1 and N=4, p=0
+    assert deme_sensitivity_series([(1, 0.0, 30.0), (4, 0.3, 20.0)]) == {}  # one N > 1: no line
 
 
 def test_scoring_refuses_an_unvalidated_evaluator(tmp_path):

@@ -205,6 +205,24 @@ def metric_vs_setting(series: dict[str, list[tuple[float, float]]], xlabel: str,
     _save(fig, path)
 
 
+def deme_sensitivity_series(points: list[tuple[int, float, float]]) -> dict[str, list[tuple[float, float]]]:
+    """DeMe Fig. 2 lines from (N, p, FID) points: FID against N at each p, and against p at each N.
+
+    N=1 is one range covering every t, so p means nothing there: it starts every N sweep. A sweep needs two
+    points of its own (two N > 1 at that p, or two p at that N > 1); a lone point is not a line."""
+    single = [fid for n, _, fid in points if n == 1]
+    series = {}
+    for p in sorted({p for n, p, _ in points if n > 1}):
+        pts = [(n, fid) for n, q, fid in points if n > 1 and q == p]
+        if len(pts) > 1:
+            series[f"N (p={p:g})"] = [(1, f) for f in single] + pts
+    for n in sorted({n for n, _, _ in points if n > 1}):
+        pts = [(p, fid) for m, p, fid in points if m == n]
+        if len(pts) > 1:
+            series[f"p (N={n})"] = pts
+    return series
+
+
 def prompt_activation(weights: np.ndarray, timesteps: np.ndarray, path, title: str = "") -> None:
     """DMP Fig. 5: mean gate weight of each prompt (x) per timestep (y), one panel per block."""
     n_blocks = weights.shape[1]
