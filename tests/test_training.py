@@ -59,6 +59,31 @@ def test_nan_loss_stops_naming_the_step(tmp_path):
     assert not (tmp_path / "loss.csv").exists()
 
 
+def test_param_groups_keep_their_own_lr_and_weight_decay(tmp_path):
+    """A text-encoder group at its own lr: Adam's first step moves each weight by about its group's lr."""
+    a, b = nn.Linear(4, 1), nn.Linear(4, 1)
+    frozen = nn.Parameter(torch.zeros(3), requires_grad=False)
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = a, b
+
+        def forward(self, batch):
+            return ((self.a(batch["x"]) + self.b(batch["x"]) - batch["y"]) ** 2).mean()
+
+    before = [p.detach().clone() for p in (*a.parameters(), *b.parameters())]
+    groups = [{"params": list(a.parameters()), "lr": 1e-3, "weight_decay": 0.0},
+              {"params": [*b.parameters(), frozen], "lr": 0.1, "weight_decay": 0.0}]
+    cfg = TrainConfig(steps=1, batch_size=32, lr=0.5, weight_decay=0.3, max_grad_norm=None, log_every=1)
+    stats = train(Two(), groups, infinite_batches(toy_data(), 32, 0), cfg, tmp_path / "loss.csv")
+    after = [p.detach() for p in (*a.parameters(), *b.parameters())]
+    moved = [float((x - y).abs().max()) for x, y in zip(after, before)]
+    assert moved[0] == pytest.approx(1e-3, rel=1e-3) and moved[1] == pytest.approx(1e-3, rel=1e-3)
+    assert moved[2] == pytest.approx(0.1, rel=1e-3) and moved[3] == pytest.approx(0.1, rel=1e-3)
+    assert stats["trainable_params"] == 10  # the frozen parameter is left out of its group
+
+
 def test_unknown_train_key_is_rejected():
     with pytest.raises(ValueError, match="unknown training keys"):
         TrainConfig.from_dict({"steps": 1, "batch_size": 1, "lr": 1e-3, "lr_schedule": "cosine"})

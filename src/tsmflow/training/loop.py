@@ -111,6 +111,8 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
           on_step: Callable[[int], None] | None = None) -> dict:
     """Optimise `params` of `objective` for cfg.steps optimizer steps.
 
+    `params` holds parameters, or torch param-group dicts (``{"params": [...], "lr": ..., "weight_decay": ...}``)
+    whose options override cfg's for their parameters (e.g. a text encoder trained at its own learning rate).
     Returns throughput and timing stats. Raises NonFiniteLossError naming the
     step if the loss becomes NaN/inf; the loop writes no output of its own, so a
     failed run leaves nothing that looks complete. With `checkpoint`, training
@@ -120,10 +122,10 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
     """
     set_seed(cfg.seed)
     acc = accelerator or make_accelerator(cfg)
-    params = [p for p in params if p.requires_grad]
+    params, groups = _trainable(params)
     if not params:
         raise ValueError(f"{desc}: no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(groups or params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
     objective, opt, sched = acc.prepare(objective, opt, sched)
@@ -132,7 +134,7 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
     rows, window, seen, step, drawn, before = [], [], 0, 0, 0, 0.0
     first = next(batches)
     batches = itertools.chain([first], batches)
-    fingerprint = _fingerprint(desc, cfg, params, objective, first)
+    fingerprint = _fingerprint(desc, cfg, params, objective, first, groups)
     if checkpoint is not None and Path(checkpoint).is_file():
         state = _load_checkpoint(checkpoint, fingerprint, params, opt, sched)
         if state is not None:
@@ -184,17 +186,32 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
             "trainable_params": sum(p.numel() for p in params)}
 
 
-def _fingerprint(desc: str, cfg: TrainConfig, params: list, objective: nn.Module, first_batch: dict) -> str:
+def _trainable(params) -> tuple[list, list[dict] | None]:
+    """(trainable parameters, their param groups or None): frozen parameters and empty groups are dropped."""
+    params = list(params)
+    if not (params and isinstance(params[0], dict)):
+        return [p for p in params if p.requires_grad], None
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+    groups = [g for g in groups if g["params"]]
+    return [p for g in groups for p in g["params"]], groups
+
+
+def _fingerprint(desc: str, cfg: TrainConfig, params: list, objective: nn.Module, first_batch: dict,
+                 groups: list[dict] | None = None) -> str:
     """Identifies a training run, so a checkpoint of another run is never resumed.
 
     Config and parameter shapes, plus cheap digests of the frozen weights (an upstream
-    model that was retrained) and of the first batch (data that changed).
+    model that was retrained) and of the first batch (data that changed). Param-group
+    options count only where groups are given, so runs without groups keep their fingerprints.
     """
     with torch.no_grad():
         frozen = sum(float(p.double().sum()) for p in objective.parameters() if not p.requires_grad)
         data = [float(v.double().sum()) if torch.is_tensor(v) else str(v) for _, v in sorted(first_batch.items())]
-    key = json.dumps([desc, asdict(cfg), [list(p.shape) for p in params], f"{frozen:.10e}", data],
-                     sort_keys=True)
+    parts = [desc, asdict(cfg), [list(p.shape) for p in params], f"{frozen:.10e}", data]
+    if groups:
+        parts.append([{**{k: v for k, v in g.items() if k != "params"}, "n_params": len(g["params"])}
+                      for g in groups])
+    key = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
