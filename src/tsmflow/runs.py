@@ -85,11 +85,21 @@ def finetune_dir(spec: dict, finetune_out) -> Path:
 
 def load_run_backbone(spec: dict, inputs) -> Backbone:
     """`spec` is the run's config block; `inputs` the rule's named inputs (model, vae, text_encoder, ...)."""
-    method = spec["method"]
     dmp = getattr(inputs, "dmp", None)  # a finetune run of prompts; otherwise `model` holds its weights
-    full = method == "finetune" and dmp is None
+    full = spec["method"] == "finetune" and dmp is None
     model = finetune_dir(spec, inputs.model) if full else inputs.model
     bb = load_mini_backbone(spec["backbone"], model, inputs.vae, inputs.text_encoder)
+    return attach_run_adapters(bb, spec, inputs)
+
+
+def attach_run_adapters(bb: Backbone, spec: dict, inputs) -> Backbone:
+    """Load what a run trained onto its base backbone (the miniature's or a real pipeline's), by method.
+
+    `inputs` names the run's trained outputs: experts, router, dmp or ranges, as its rules declare them.
+    """
+    method = spec["method"]
+    dmp = getattr(inputs, "dmp", None)
+    full = method == "finetune" and dmp is None
     if method in ("base", "deme_merged") or full:
         return bb
     if method == "finetune":

@@ -17,6 +17,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
@@ -57,6 +58,11 @@ def _inject(spec: LoraSpec, targets: list[str], model: nn.Module, name: str) -> 
     with warnings.catch_warnings():  # several adapters in one model is what experts are
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         inject_adapter_in_model(spec.config(targets), model, adapter_name=name)
+    # peft gives the adapter its base layer's dtype; on a half-precision real model, AdamW steps and
+    # router gates on fp16 LoRA weights would underflow, so adapters stay fp32 (peft casts inputs to them)
+    for p in adapter_parameters(model, name):
+        if p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 def add_lora(backbone: Backbone, name: str, spec: LoraSpec) -> list[nn.Parameter]:
