@@ -9,17 +9,26 @@ if not workflow.config_settings.configfiles:
     configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
-include: "rules/common.smk"
-include: "rules/data.smk"
-include: "rules/text_encoder.smk"
-include: "rules/vae.smk"
-include: "rules/pretrain.smk"
-include: "rules/summary.smk"
-include: "rules/tsm.smk"
-include: "rules/deme.smk"
-include: "rules/dmp.smk"
-include: "rules/evaluate.smk"
-include: "rules/report.smk"
+# A backbone spec (config/backbones/*.yaml: it has `family`) builds the real DAG: post-pretraining of that model
+# (rules/real.smk). Any other config builds the miniature's. Both define get_final_outputs for `rule all`.
+if config.get("family"):
+
+    include: "rules/real_common.smk"
+    include: "rules/real.smk"
+
+else:
+
+    include: "rules/common.smk"
+    include: "rules/data.smk"
+    include: "rules/text_encoder.smk"
+    include: "rules/vae.smk"
+    include: "rules/pretrain.smk"
+    include: "rules/summary.smk"
+    include: "rules/tsm.smk"
+    include: "rules/deme.smk"
+    include: "rules/dmp.smk"
+    include: "rules/evaluate.smk"
+    include: "rules/report.smk"
 
 
 report: "report/workflow.rst"

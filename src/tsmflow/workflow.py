@@ -13,7 +13,7 @@ import sys
 
 # the rules whose scripts run `training.loop.train` on a denoiser: worth several GPUs
 TRAINING_RULES = {"pretrain_base", "train_expert", "assemble_router", "train_moe_lora", "train_full", "train_dmp",
-                  "deme_finetune_range"}
+                  "deme_finetune_range", "real_train_expert", "real_assemble_router"}
 CHILD = "TSMFLOW_ACCELERATE_CHILD"
 
 
