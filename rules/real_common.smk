@@ -17,6 +17,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
 sys.path.insert(0, _pythonpath[0])
 
 from tsmflow import realscale  # noqa: E402
+from tsmflow.expert_sets import run_expert_sets  # noqa: E402
 
 RESULTS = f"results/real/{config['family']}"  # one folder per backbone: several specs can share a directory
 EXPERT_SETS = realscale.expert_sets(config)
@@ -75,7 +76,7 @@ def get_expert_inputs(wildcards):
 
 
 def _run_experts(run):
-    return [d for s in realscale.run_expert_sets(RUNS[run]) for d in get_expert_dirs(s)]
+    return [d for s in run_expert_sets(RUNS[run]) for d in get_expert_dirs(s)]
 
 
 def get_router_inputs(wildcards):

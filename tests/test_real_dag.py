@@ -142,7 +142,8 @@ def test_tiny_sd15_runs_the_real_dag(snakemake_bin, root, tmp_path):
             d = res / f"experts/{es}/expert{i}"
             weights = load_file(str(d / "pytorch_lora_weights.safetensors"))
             # the text encoder's LoRA trained in its own group (B starts at zero)
-            assert any(k.startswith("text_encoder.") and "lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+            assert any(k.startswith("text_encoder.") and "lora_B" in k and v.abs().sum() > 0
+                       for k, v in weights.items())
             stats[(es, i)] = json.loads((d / "stats.json").read_text())
     # vanilla LoRA r4 has exactly the parameters of the two r2 core experts
     assert stats[("unet-post-n1-r4-s2", 0)]["trainable_params"] == sum(

@@ -79,14 +79,6 @@ def runs(spec: dict) -> dict[str, dict]:
     return out
 
 
-def run_expert_sets(run: dict) -> list[str]:
-    if run["method"] in ("lora", "tsm1"):
-        return [run["experts"]]
-    if run["method"] == "tsm2":
-        return [run["core"], *run["context"]]
-    return []
-
-
 def train_config(spec: dict) -> dict:
     """`loop.TrainConfig` keys from Sup. A: global batch = batch_size (split over GPUs) x grad_accum."""
     o = spec["optim"]
@@ -138,6 +130,9 @@ def load_real_backbone(spec: dict, run: dict | None = None, inputs=None, to_devi
     Training leaves placement to accelerate, except the VAE: the pipeline encodes prompts on the VAE's device.
     """
     bb = load_backbone(spec)
+    # the sampler's latent size comes from the VAE config, whose sample_size need not be the model's
+    # resolution (VAEs are shared between models): sample at the spec's resolution
+    bb.vae.register_to_config(sample_size=spec["resolution"])
     if run is not None:
         attach_run_adapters(bb, run, inputs)
     dev = device()
@@ -162,9 +157,10 @@ def image_text_pairs(data: dict):
         for r in records[:limit]:
             try:
                 with Image.open(r["file"]) as im:
-                    yield r["file"], im.convert("RGB"), r["caption"]
+                    image = im.convert("RGB")
             except OSError as e:
                 raise DataError(f"{r['file']}: unreadable image ({e})") from e
+            yield r["file"], image, r["caption"]
         return
     for n, (key, image, caption) in enumerate(TarShards(data["shards"])):
         if limit is not None and n >= limit:
@@ -290,8 +286,8 @@ def table_decl(spec: dict) -> dict:
     caption = (f"FID of {n} images sampled from COCO2014 val captions against the real val images, in clean-fid's "
                f"Inception features (lower is better). Trainable parameters as TSM Table 9 counts them. Data: "
                f"{spec['data']['train'].get('image_text_folder') or spec['data']['train'].get('shards')}.")
-    decl = {"title": f"Post-pretraining {name}: FID on COCO2014", "columns": ["fid", "trainable_params", "trainable_pct"],
-            "rows": rows}
+    decl = {"title": f"Post-pretraining {name}: FID on COCO2014", "rows": rows,
+            "columns": ["fid", "trainable_params", "trainable_pct"]}
     if paper:
         decl.update(title=decl["title"] + " (TSM Table 12)", paper_table="tsm_table12")
         caption += (" Columns marked [TSM Table 12] are the paper's numbers (PixArt-α post-pretrained on "
