@@ -19,13 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import set_seed
 from PIL import Image, ImageOps
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .adapters.experts import interval_bounds
-from .adapters.lora import add_lora, adapter_parameters, save_lora
+from .adapters.lora import adapter_parameters
 from .config import ConfigError
 from .data.adapters import (
     TarShards,
@@ -35,13 +33,11 @@ from .data.adapters import (
     read_coco_captions,
     read_image_text_folder,
 )
-from .data.io import DataError, atomic_path, read_labels, write_json, write_labels
+from .data.io import DataError, atomic_path, read_labels, write_labels
 from .expert_sets import ExpertSet
 from .models.backbone import FAMILIES, Backbone, load_backbone
 from .runs import attach_run_adapters
-from .training.experts import freeze, load_task_data, lora_spec, model_params
-from .training.loop import TrainConfig, infinite_batches, resumable_output, train
-from .training.objectives import DiffusionObjective, UniformTimesteps
+from .training import experts
 
 TASK = "post"  # expert-set task: post-pretraining on general image-text data
 ADAMW_BETAS = (0.9, 0.999)  # what loop.train uses when no param group sets its own
@@ -242,31 +238,10 @@ def fid_prompts(reference_dir, n: int) -> list[str]:
 
 def train_expert(backbone: Backbone, spec: dict, es: ExpertSet, interval: int, latents_path, labels_path,
                  out_dir) -> dict:
-    """TSM fostering (as `training.experts.train_expert`), with the text encoders' LoRA in its own AdamW group."""
-    lcfg = lora_config(spec)
-    T = backbone.num_train_timesteps
-    lo, hi = interval_bounds(interval, es.n, T)
-    lspec = lora_spec(lcfg, es.rank)
-    freeze(backbone)
-    name = es.adapter_name(interval)
-    tcfg = TrainConfig.from_dict({**lcfg["train"], "seed": lcfg["train"]["seed"] + 1000 * es.seed + interval})
-    set_seed(tcfg.seed)  # peft's random A init too: a rerun gives the same expert
-    add_lora(backbone, name, lspec)
-    groups = optimizer_groups(backbone, name, spec)
-    tensors, extra = load_task_data(latents_path, labels_path)
-    objective = DiffusionObjective(backbone, timesteps=UniformTimesteps(lo, hi),
-                                   caption_dropout=lcfg["caption_dropout"],
-                                   train_text_encoder=bool(lspec.text_encoder_targets))
-    with resumable_output(out_dir) as (tmp, ckpt):
-        stats = train(objective, groups, infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra=extra),
-                      tcfg, tmp / "loss.csv", desc=f"{es.name} expert {interval}",
-                      checkpoint=ckpt / "train.safetensors")
-        save_lora(tmp, backbone, name, lspec, extra={"expert_set": es.name, "interval": interval,
-                                                     "t_range": [lo, hi], "num_train_timesteps": T})
-        stats.update(expert_set=es.name, interval=interval, t_range=[lo, hi], train_samples=len(extra["caption"]),
-                     model_params=model_params(backbone), family=spec["family"])
-        write_json(Path(tmp) / "stats.json", stats)
-    return stats
+    """TSM fostering (`training.experts.train_expert`), with the text encoders' LoRA in its own AdamW group."""
+    return experts.train_expert(backbone, es, interval, lora_config(spec), latents_path, labels_path, out_dir,
+                                param_groups=lambda bb, name: optimizer_groups(bb, name, spec),
+                                info={"family": spec["family"]})
 
 
 # ---------------------------------------------------------------- the table

@@ -6,10 +6,11 @@ t drawn from interval i only. n=1 is vanilla LoRA. Each expert is its own job.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from accelerate.utils import set_seed
 import torch
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from ..adapters.experts import interval_bounds
@@ -51,8 +52,12 @@ def freeze(backbone: Backbone) -> None:
 
 
 def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dict, latents_path, labels_path,
-                 out_dir) -> dict:
-    """Train expert `interval` of expert set `es` on `backbone` (the pre-trained base) and save it."""
+                 out_dir, param_groups: Callable[[Backbone, str], list[dict]] | None = None,
+                 info: dict | None = None) -> dict:
+    """Train expert `interval` of expert set `es` on `backbone` (the pre-trained base) and save it.
+
+    `param_groups(backbone, adapter)` gives optimizer groups with their own lr/decay (real backbones: the
+    text encoders' LoRA apart); by default every LoRA parameter shares the config's. `info` goes to stats."""
     T = backbone.num_train_timesteps
     lo, hi = interval_bounds(interval, es.n, T)
     spec = lora_spec(lora_cfg, es.rank)
@@ -62,6 +67,8 @@ def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dic
                                   "seed": lora_cfg["train"].get("seed", 0) + 1000 * es.seed + interval})
     set_seed(tcfg.seed)  # peft's random A init too: a rerun gives the same expert
     params = add_lora(backbone, name, spec)
+    if param_groups is not None:
+        params = param_groups(backbone, name)
     tensors, extra = load_task_data(latents_path, labels_path)
     objective = DiffusionObjective(backbone, timesteps=UniformTimesteps(lo, hi),
                                    caption_dropout=lora_cfg["caption_dropout"],
@@ -73,6 +80,6 @@ def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dic
         save_lora(tmp, backbone, name, spec, extra={"expert_set": es.name, "interval": interval,
                                                     "t_range": [lo, hi], "num_train_timesteps": T})
         stats.update(expert_set=es.name, interval=interval, t_range=[lo, hi], train_samples=len(extra["caption"]),
-                     weighted=("weight" in tensors), model_params=model_params(backbone))
+                     weighted=("weight" in tensors), model_params=model_params(backbone), **(info or {}))
         write_json(Path(tmp) / "stats.json", stats)
     return stats
