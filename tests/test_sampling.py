@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from tsmflow.data.io import load_image, read_labels
+from tsmflow.sampling.folders import caption_folder
 from tsmflow.sampling.sample import generate, initial_noise
 
 
@@ -15,6 +17,18 @@ def test_images_depend_on_seed_not_batching(mini_backbone, arch, objective):
     assert a.dtype == np.uint8 and a.shape == (3, 16, 16, 3)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     assert not np.array_equal(a[0], a[2])  # same prompt, other seed
+
+
+def test_caption_folder_writes_what_generate_makes(mini_backbone, tmp_path):
+    """Written batch by batch, the folder holds exactly generate's images, seeds and captions."""
+    bb = mini_backbone("unet")
+    captions = ["a red circle", "a blue square", "a green triangle", "two red circles", "a blue circle"]
+    caption_folder(bb, captions, tmp_path / "fid", seed=7, steps=3, guidance_scale=3.0, batch_size=2)
+    expected = generate(bb, captions, list(range(7, 12)), steps=3, guidance_scale=3.0, batch_size=2, progress=False)
+    labels = read_labels(tmp_path / "fid/labels.jsonl")
+    assert [(r["file"], r["caption"], r["seed"]) for r in labels] == [
+        (f"{k:06d}.png", c, 7 + k) for k, c in enumerate(captions)]
+    assert np.array_equal(np.stack([load_image(tmp_path / "fid" / r["file"]) for r in labels]), expected)
 
 
 def test_model_fn_sees_every_timestep_and_guidance_pairs(mini_backbone):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..data.io import atomic_dir, read_prompts, save_png, write_labels
 from ..models.backbone import Backbone
 from .sample import generate
@@ -35,13 +37,18 @@ def compbench_folder(backbone: Backbone, prompt_files: dict[str, str], out_dir, 
 
 def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, steps: int,
                    guidance_scale: float, batch_size: int = 64, model_fn=None) -> None:
-    """One image per caption (e.g. held-out captions for FID), with a labels.jsonl of what was asked."""
-    images = generate(backbone, captions, [seed + i for i in range(len(captions))], steps=steps,
-                      guidance_scale=guidance_scale, batch_size=batch_size, model_fn=model_fn, desc="sampling (FID)")
+    """One image per caption (e.g. held-out captions for FID), with a labels.jsonl of what was asked.
+
+    Batch by batch (the batches `generate` makes), so memory holds one batch, not every image (FID-30K)."""
     with atomic_dir(out_dir) as tmp:
         records = []
-        for i, (c, img) in enumerate(zip(captions, images)):
-            name = f"{i:06d}.png"
-            save_png(Path(tmp) / name, img)
-            records.append({"file": name, "caption": c, "seed": seed + i})
+        for start in tqdm(range(0, len(captions), batch_size), desc="sampling (FID)", mininterval=10.0):
+            chunk = captions[start:start + batch_size]
+            seeds = [seed + start + k for k in range(len(chunk))]
+            images = generate(backbone, chunk, seeds, steps=steps, guidance_scale=guidance_scale,
+                              batch_size=batch_size, model_fn=model_fn, progress=False)
+            for k, (c, img) in enumerate(zip(chunk, images)):
+                name = f"{start + k:06d}.png"
+                save_png(Path(tmp) / name, img)
+                records.append({"file": name, "caption": c, "seed": seeds[k]})
         write_labels(Path(tmp) / "labels.jsonl", records)
