@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
+from diffusers import AutoencoderKL
 from PIL import Image, ImageOps
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -35,7 +36,7 @@ from .data.adapters import (
 )
 from .data.io import DataError, atomic_path, read_labels, write_labels
 from .expert_sets import ExpertSet
-from .models.backbone import FAMILIES, Backbone, load_backbone
+from .models.backbone import FAMILIES, Backbone, load_backbone, pretrained_kwargs
 from .runs import attach_run_adapters
 from .training import experts
 
@@ -178,7 +179,9 @@ def encode_image_text(spec: dict, data: dict, latents_path, labels_path, batch_s
     Prompts are not cached: the text encoders' LoRA trains, so their embeddings change every step.
     The cache has the VAE's dtype (fp16 on a cluster) and the layout `training.experts.load_task_data` reads.
     """
-    vae = load_real_backbone(spec).vae
+    # the VAE alone: the text encoders and denoiser (SD3's T5: ~10 GB) are not needed to encode images
+    vae = AutoencoderKL.from_pretrained(spec["pretrained"], subfolder="vae", **pretrained_kwargs(spec))
+    vae.requires_grad_(False).eval().to(device())
     cfg = vae.config
     shift = getattr(cfg, "shift_factor", None) or 0.0
     means, stds, labels, batch = [], [], [], []

@@ -173,6 +173,17 @@ def _scheduler_from_dir(path):
 # ---------------------------------------------------------------- real models
 
 
+def pretrained_kwargs(spec: dict) -> dict:
+    """`from_pretrained` keyword arguments of a backbone spec (a pipeline or one of its components)."""
+    # use_safetensors: never fall back to unpickling .bin weights
+    kwargs = dict(torch_dtype=getattr(torch, spec.get("dtype", "float32")), use_safetensors=True,
+                  local_files_only=spec.get("local_files_only", False))
+    for k in ("revision", "variant"):
+        if spec.get(k):
+            kwargs[k] = spec[k]
+    return kwargs
+
+
 def load_pipeline_backbone(spec: dict) -> Backbone:
     """Load SD1.5 / SD2 / PixArt-alpha / SD3 from `spec["pretrained"]` (hub id or local dir).
 
@@ -184,12 +195,7 @@ def load_pipeline_backbone(spec: dict) -> Backbone:
     if family not in FAMILIES:
         raise ValueError(f"backbone family {family!r} is not one of {sorted(FAMILIES)}")
     cls_name, arch, attr = FAMILIES[family]
-    # use_safetensors: never fall back to unpickling .bin weights
-    kwargs = dict(torch_dtype=getattr(torch, spec.get("dtype", "float32")), use_safetensors=True,
-                  local_files_only=spec.get("local_files_only", False))
-    for k in ("revision", "variant"):
-        if spec.get(k):
-            kwargs[k] = spec[k]
+    kwargs = pretrained_kwargs(spec)
     if cls_name == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     pipe_cls = getattr(diffusers, cls_name)
