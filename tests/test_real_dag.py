@@ -62,6 +62,18 @@ def test_bad_backbone_spec_fails_before_any_job(snakemake_bin, root, tmp_path):
     assert r.returncode != 0 and "'data' is a required property" in r.stdout + r.stderr
 
 
+def test_run_fingerprint_changes_with_the_trained_weights_and_the_spec(tmp_path):
+    expert = tmp_path / "expert"
+    expert.mkdir()
+    (expert / "adapter.safetensors").write_bytes(b"weights-1")
+    spec, run = {"family": "sd15", "pretrained": "some/model"}, {"method": "lora"}
+    key = realscale.run_fingerprint(spec, run, [expert])
+    assert realscale.run_fingerprint(spec, run, [expert]) == key
+    assert realscale.run_fingerprint({**spec, "pretrained": "other/model"}, run, [expert]) != key
+    (expert / "adapter.safetensors").write_bytes(b"weights-2")
+    assert realscale.run_fingerprint(spec, run, [expert]) != key
+
+
 def test_pixart_table_cites_tsm_table12_as_reference(root):
     spec = load_backbone_config(root / "config/backbones/pixart_alpha.yaml")
     decl = realscale.table_decl(spec)

@@ -62,3 +62,45 @@ def test_mismatched_prompts_and_seeds(mini_backbone):
 def test_initial_noise_is_per_seed():
     a = initial_noise([3, 4], (4, 8, 8))
     assert torch.equal(a[0], initial_noise([3], (4, 8, 8))[0]) and not torch.equal(a[0], a[1])
+
+
+def test_caption_folder_resumes_a_killed_job_only_for_the_same_model(mini_backbone, tmp_path):
+    """A rerun keeps the batches written before the crash, samples the rest, and ends with the same folder;
+    work left by another model (another resume key) is thrown away."""
+    bb = mini_backbone("unet")
+    captions = ["a red circle", "a blue square", "a green triangle", "two red circles", "a blue circle"]
+    kw = dict(seed=7, steps=3, guidance_scale=3.0, batch_size=2)
+    caption_folder(bb, captions, tmp_path / "ref", **kw)
+    calls = []
+
+    def crash_on_second_batch(x, t, cond):
+        calls.append(x.shape[0])
+        if len(calls) > 3:  # 3 steps per batch: the second batch dies
+            raise RuntimeError("killed")
+        return bb.predict(x, t, cond)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        caption_folder(bb, captions, tmp_path / "fid", model_fn=crash_on_second_batch, resume_key="model-a", **kw)
+    assert not (tmp_path / "fid").exists()
+    assert sorted(p.name for p in (tmp_path / ".fid.partial").glob("*.png")) == ["000000.png", "000001.png"]
+
+    def counting(x, t, cond):
+        calls.append(x.shape[0])
+        return bb.predict(x, t, cond)
+
+    calls.clear()
+    caption_folder(bb, captions, tmp_path / "fid", model_fn=counting, resume_key="model-a", **kw)
+    assert len(calls) == 2 * 3  # batches 2 and 3 only
+    assert not (tmp_path / ".fid.partial").exists()
+    assert sorted(p.name for p in (tmp_path / "fid").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+    assert read_labels(tmp_path / "fid/labels.jsonl") == read_labels(tmp_path / "ref/labels.jsonl")
+    for r in read_labels(tmp_path / "ref/labels.jsonl"):
+        assert np.array_equal(load_image(tmp_path / "fid" / r["file"]), load_image(tmp_path / "ref" / r["file"]))
+
+    # another model's partial work is not reused
+    calls.clear()
+    with pytest.raises(RuntimeError, match="killed"):
+        caption_folder(bb, captions, tmp_path / "fid2", model_fn=crash_on_second_batch, resume_key="model-a", **kw)
+    calls.clear()
+    caption_folder(bb, captions, tmp_path / "fid2", model_fn=counting, resume_key="model-b", **kw)
+    assert len(calls) == 3 * 3

@@ -14,6 +14,8 @@ backbone (a diffusers pipeline), the data (cached VAE latents of real images) an
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +143,17 @@ def load_real_backbone(spec: dict, run: dict | None = None, inputs=None, to_devi
     else:
         bb.vae.to(dev)
     return bb
+
+
+def run_fingerprint(spec: dict, run: dict, trained_dirs: list) -> str:
+    """What a run's samples depend on: the spec (which names the pre-trained weights), the run, and the
+    bytes of every file it trained. A sampling job resumes only work with the same fingerprint."""
+    h = hashlib.sha256(json.dumps([spec, run], sort_keys=True, default=str).encode())
+    for d in trained_dirs:
+        for f in sorted(p for p in Path(d).rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(d)}\0".encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- data

@@ -57,6 +57,29 @@ def atomic_dir(path: str | os.PathLike):
             shutil.rmtree(tmp)
 
 
+@contextmanager
+def resumable_dir(path: str | os.PathLike, key: str):
+    """Like `atomic_dir`, but a failed or killed block leaves its work in `.<name>.partial` for a rerun.
+
+    The rerun gets that work back only if it passes the same `key` (what produced it: model, settings,
+    inputs); otherwise the work is discarded, so a folder is never completed by a different model.
+    """
+    path = Path(path)
+    staging = path.parent / f".{path.name}.partial"
+    key_file = staging / ".resume_key"
+    if staging.exists() and not (key_file.is_file() and key_file.read_text() == key):
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    if not key_file.is_file():
+        with atomic_path(key_file) as tmp:
+            tmp.write_text(key)
+    yield staging
+    key_file.unlink()
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(staging, path)
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -6,13 +6,18 @@ folders at real scale. Image ``idx`` of every prompt uses seed ``seed + idx``.
 """
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data.io import atomic_dir, read_prompts, save_png, write_labels
+from ..data.io import atomic_dir, read_json, read_prompts, resumable_dir, save_png, write_json, write_labels
 from ..models.backbone import Backbone
 from .sample import generate
+
+log = logging.getLogger(__name__)
 
 
 def image_name(prompt: str, idx: int) -> str:
@@ -36,19 +41,34 @@ def compbench_folder(backbone: Backbone, prompt_files: dict[str, str], out_dir, 
 
 
 def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, steps: int,
-                   guidance_scale: float, batch_size: int = 64, model_fn=None) -> None:
+                   guidance_scale: float, batch_size: int = 64, model_fn=None, resume_key: str | None = None) -> None:
     """One image per caption (e.g. held-out captions for FID), with a labels.jsonl of what was asked.
 
-    Batch by batch (the batches `generate` makes), so memory holds one batch, not every image (FID-30K)."""
-    with atomic_dir(out_dir) as tmp:
-        records = []
-        for start in tqdm(range(0, len(captions), batch_size), desc="sampling (FID)", mininterval=10.0):
+    Batch by batch (the batches `generate` makes), so memory holds one batch, not every image (FID-30K).
+    With a `resume_key` (what identifies the model and settings), a killed job's rerun keeps the batches
+    it finished; each batch's record is written after its images, so a recorded batch is complete."""
+    key = None if resume_key is None else json.dumps(
+        {"model": resume_key, "captions": captions, "seed": seed, "steps": steps,
+         "guidance_scale": guidance_scale, "batch_size": batch_size}, sort_keys=True)
+    with (atomic_dir(out_dir) if key is None else resumable_dir(out_dir, key)) as tmp:
+        done_dir = Path(tmp) / ".batches"
+        done_dir.mkdir(exist_ok=True)
+        starts = range(0, len(captions), batch_size)
+        skipped = sum((done_dir / f"{s:06d}.json").is_file() for s in starts)
+        if skipped:
+            log.info("resuming %s: %d of %d batches already written", out_dir, skipped, len(starts))
+        for start in tqdm(starts, desc="sampling (FID)", mininterval=10.0):
+            if (done_dir / f"{start:06d}.json").is_file():
+                continue
             chunk = captions[start:start + batch_size]
             seeds = [seed + start + k for k in range(len(chunk))]
             images = generate(backbone, chunk, seeds, steps=steps, guidance_scale=guidance_scale,
                               batch_size=batch_size, model_fn=model_fn, progress=False)
+            records = []
             for k, (c, img) in enumerate(zip(chunk, images)):
                 name = f"{start + k:06d}.png"
                 save_png(Path(tmp) / name, img)
                 records.append({"file": name, "caption": c, "seed": seeds[k]})
-        write_labels(Path(tmp) / "labels.jsonl", records)
+            write_json(done_dir / f"{start:06d}.json", records)
+        write_labels(Path(tmp) / "labels.jsonl", [r for s in starts for r in read_json(done_dir / f"{s:06d}.json")])
+        shutil.rmtree(done_dir)
