@@ -6,6 +6,7 @@ folders at real scale. Image ``idx`` of every prompt uses seed ``seed + idx``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -47,9 +48,9 @@ def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, 
     Batch by batch (the batches `generate` makes), so memory holds one batch, not every image (FID-30K).
     With a `resume_key` (what identifies the model and settings), a killed job's rerun keeps the batches
     it finished; each batch's record is written after its images, so a recorded batch is complete."""
-    key = None if resume_key is None else json.dumps(
+    key = None if resume_key is None else hashlib.sha256(json.dumps(
         {"model": resume_key, "captions": captions, "seed": seed, "steps": steps,
-         "guidance_scale": guidance_scale, "batch_size": batch_size}, sort_keys=True)
+         "guidance_scale": guidance_scale, "batch_size": batch_size}, sort_keys=True).encode()).hexdigest()
     with (atomic_dir(out_dir) if key is None else resumable_dir(out_dir, key)) as tmp:
         done_dir = Path(tmp) / ".batches"
         done_dir.mkdir(exist_ok=True)
