@@ -54,12 +54,16 @@ def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, 
     with (atomic_dir(out_dir) if key is None else resumable_dir(out_dir, key)) as tmp:
         done_dir = Path(tmp) / ".batches"
         done_dir.mkdir(exist_ok=True)
+
+        def record(start: int) -> Path:  # a batch's records, written once its images are
+            return done_dir / f"{start:06d}.json"
+
         starts = range(0, len(captions), batch_size)
-        skipped = sum((done_dir / f"{s:06d}.json").is_file() for s in starts)
+        skipped = sum(record(s).is_file() for s in starts)
         if skipped:
             log.info("resuming %s: %d of %d batches already written", out_dir, skipped, len(starts))
         for start in tqdm(starts, desc="sampling (FID)", mininterval=10.0):
-            if (done_dir / f"{start:06d}.json").is_file():
+            if record(start).is_file():
                 continue
             chunk = captions[start:start + batch_size]
             seeds = [seed + start + k for k in range(len(chunk))]
@@ -70,6 +74,6 @@ def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, 
                 name = f"{start + k:06d}.png"
                 save_png(Path(tmp) / name, img)
                 records.append({"file": name, "caption": c, "seed": seeds[k]})
-            write_json(done_dir / f"{start:06d}.json", records)
-        write_labels(Path(tmp) / "labels.jsonl", [r for s in starts for r in read_json(done_dir / f"{s:06d}.json")])
+            write_json(record(start), records)
+        write_labels(Path(tmp) / "labels.jsonl", [r for s in starts for r in read_json(record(s))])
         shutil.rmtree(done_dir)
