@@ -3,10 +3,13 @@
 
 
 rule train_evaluator:
+    input:
+        # trained on the VAE's reconstructions too: every generated image passes through its decoder
+        vae=get_model_dir("vae"),
     output:
         model=directory(get_model_dir("evaluator")),
     params:
-        cfg=config["evaluator"],
+        cfg={k: v for k, v in config["evaluator"].items() if k not in ("validation", "thresholds")},
         resolution=config["resolution"],
     log:
         get_log("train_evaluator"),
@@ -26,7 +29,15 @@ rule train_evaluator:
 rule validate_evaluator:
     input:
         model=get_model_dir("evaluator"),
+        vae=get_model_dir("vae"),
         prompts=[f for k, f in get_compbench_files().items() if k.endswith("_val")],
+    params:
+        # what validate_evaluator reads of the evaluator config: its data block only for the
+        # training seed (held out?) and scene mix
+        cfg={k: config["evaluator"][k] for k in ("data", "validation", "thresholds") if k in config["evaluator"]},
+        resolution=config["resolution"],
+        # no object-free image may reach the lowest GORS keep-threshold (a score in [0, 1])
+        junk_threshold=min(config["gors"]["threshold"].values()) / 100,
     output:
         report=report(
             f"{RESULTS}/evaluator/validation.md", caption="../report/validation.rst", category="Evaluator"

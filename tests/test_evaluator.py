@@ -10,18 +10,19 @@ import torch
 from tsmflow.data import grammar as G
 from tsmflow.data.io import DataError
 from tsmflow.evaluation import compbench as C
-from tsmflow.evaluation.evaluator import (ATTR_VALUES, ATTRS, Detector, build_detector, detect, load_evaluator,
-                                          make_targets, render_scenes, train_evaluator)
-from tsmflow.evaluation.validation import (check_report, format_validation_markdown, negative_spec,
-                                           validate_evaluator)
+from tsmflow.data.world import BACKGROUND
+from tsmflow.evaluation.evaluator import (ATTR_VALUES, ATTRS, JUNK_KINDS, Detector, build_detector, detect,
+                                          junk_images, load_evaluator, make_targets, render_scenes, train_evaluator)
+from tsmflow.evaluation.validation import (check_report, expected_calibration_error, format_validation_markdown,
+                                           junk_report, missing_spec, negative_spec, validate_evaluator)
 
 # ~30 s on one thread: far above chance, not enough for the 97% bar (small batches learn
 # fastest per sample; no clipping because the early objectness gradients are large)
-TINY = {"data": {"n": 1500, "seed": 11},
+TINY = {"data": {"n": 1500, "seed": 11, "junk_p": 0.05},
         "train": {"steps": 300, "batch_size": 16, "lr": 0.003, "warmup_steps": 10, "seed": 0, "log_every": 50,
                   "max_grad_norm": None},
         "augment": {"noise_std": 0.05, "blur_sigma": 0.3}, "lr_drop": {"at": 0.8, "factor": 0.1},
-        "calibration": {"n": 100}, "validation": {"n": 200, "per_prompt": 4}}
+        "calibration": {"n": 100}, "validation": {"n": 200, "per_prompt": 4, "n_junk": 16}}
 PROMPTS = {
     "color": ["a red circle and a blue square", "a green triangle and a yellow diamond"],
     "shape": ["a small circle and a large triangle", "a large square and a small diamond"],
@@ -39,9 +40,16 @@ def trained(tmp_path_factory):
     return out, stats, load_evaluator(out)
 
 
+def soften(images):
+    """A stand-in for the VAE round trip: a 3x3 box blur (soft edges, as decoder output has)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    y = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 @pytest.fixture(scope="module")
 def report(trained):
-    return validate_evaluator(trained[2], TINY, 32, PROMPTS, seed=12)
+    return validate_evaluator(trained[2], TINY, 32, PROMPTS, seed=12, reconstruct=soften, junk_threshold=0.05)
 
 
 def test_training_writes_a_complete_model_dir(trained):
@@ -88,9 +96,32 @@ def test_negative_control_separates(report):
     assert np.mean(pairs) > 0.8
 
 
+def test_every_check_runs_on_the_reconstruction_view_too(report):
+    rec = report["reconstructions"]
+    assert set(rec["control"]) == set(PROMPTS) and rec["junk"]["n_images"] == 16
+    assert set(rec["by_size"]) == {"small", "large"} and set(rec["ece"]) == set(ATTRS)
+    assert report["thresholds"]["max_junk"] == 0.05
+
+
+def test_missing_objects_and_reversed_relations_lose_their_credit(report):
+    for cat, c in report["control"].items():
+        assert c["n_missing"] == 4 * len(PROMPTS[cat])  # every prompt here has two objects
+        assert c["missing_mean"] < c["correct_mean"] - 0.3, cat
+    cx = report["control"]["complex"]
+    assert cx["n_reversed_relation"] == 4
+    assert cx["reversed_relation_mean"] < cx["relation_correct_mean"] - 0.3
+
+
+def test_the_trained_detector_finds_nothing_in_object_free_images(report):
+    junk = report["junk"]
+    assert set(junk["by_kind"]) == set(JUNK_KINDS)
+    assert junk["mean"] < 0.05 and junk["mean_detections"] < 0.5
+
+
 def test_markdown_report(report):
     md = format_validation_markdown(report)
     assert "| shape |" in md and "**color**" in md and "| non_spatial |" in md
+    assert "## VAE reconstructions" in md and "### Object-free images" in md and "one object missing" in md
     assert ("**PASS**" in md) == report["passed"] and ("**FAIL**" in md) != report["passed"]
 
 
@@ -128,9 +159,12 @@ def test_validation_rejects_broken_evaluators(cls):
     assert "**FAIL**" in format_validation_markdown(rep)
 
 
-def _report(correct, negative, acc=1.0):
+def _report(correct, negative, acc=1.0, **control):
     return {"accuracy": {k: acc for k in ("shape", "color", "texture", "size", "position", "count")},
-            "control": {"color": {"correct_mean": correct, "negative_mean": negative}}}
+            "by_size": {"small": {**{a: acc for a in ATTRS}, "recall": 1.0, "n_objects": 10}},
+            "control": {"color": {"correct_mean": correct, "negative_mean": negative, "correct_p05": correct,
+                                  **control}},
+            "junk": {"mean": 0.0, "max": 0.0}}
 
 
 def test_check_report_thresholds():
@@ -140,6 +174,72 @@ def test_check_report_thresholds():
     assert any("correct scenes" in f for f in check_report(_report(0.05, 0.05)))
     assert any("shape accuracy" in f for f in check_report(_report(0.95, 0.02, acc=0.96)))
     assert any("not run" in f for f in check_report({**_report(1, 0), "control": {}}))
+    # a mean can hide a bad tail
+    assert any("5% of correct" in f for f in check_report({**_report(0.95, 0.02), "control": {"color": {
+        "correct_mean": 0.95, "negative_mean": 0.02, "correct_p05": 0.1}}}))
+    assert any("missing an object" in f for f in check_report(_report(0.95, 0.02, n_missing=4, missing_mean=0.4)))
+    assert any("reversed relation" in f for f in check_report(
+        _report(0.95, 0.02, n_reversed_relation=4, reversed_relation_mean=0.9)))
+    assert any("object-free images score" in f for f in check_report({**_report(0.95, 0.02),
+                                                                      "junk": {"mean": 0.06, "max": 0.06}}))
+    assert any("GORS keep-threshold" in f for f in check_report({**_report(0.95, 0.02), "junk": {"mean": 0.0,
+                                                                                                "max": 0.69}}))
+    assert any("small objects: shape" in f for f in check_report({**_report(0.95, 0.02), "by_size": {
+        "small": {**{a: 1.0 for a in ATTRS}, "shape": 0.91, "recall": 1.0, "n_objects": 10}}}))
+    # the decoder-output view has the same bars
+    assert any(f.startswith("reconstructions: shape accuracy") for f in check_report(
+        {**_report(0.95, 0.02), "reconstructions": _report(0.95, 0.02, acc=0.9)}))
+
+
+def test_junk_images_are_object_free_and_reproducible():
+    a, kinds = junk_images(8, 3, 32)
+    b, _ = junk_images(8, 3, 32)
+    assert a.dtype == np.uint8 and a.shape == (8, 32, 32, 3) and (a == b).all()
+    assert kinds == list(JUNK_KINDS) * 2
+    assert (a[kinds.index("blank")] == BACKGROUND).all()
+    assert len(np.unique(a[kinds.index("solid")].reshape(-1, 3), axis=0)) == 1
+    assert a[kinds.index("noise")].std() > 60
+
+
+def test_a_detector_that_sees_objects_in_noise_fails_the_object_free_control():
+    rep = junk_report(ConstantDetector(resolution=32).eval(), {"color": ["a red circle"]}, 32, 0, 8)
+    assert rep["mean"] > 0.9 and rep["mean_detections"] == 1.0
+    assert any("object-free" in f for f in check_report({**_report(0.95, 0.02), "junk": rep}))
+
+
+def test_missing_spec_drops_the_object_and_its_relation():
+    spec = G.parse("a red circle on the left of a blue square")
+    m = missing_spec(spec, 0)
+    assert m.text() == "a blue square" and m.relation is None
+    # a scene of one object scores about 0 on the two-object prompt (hand-made detections)
+    assert C.score_image(spec.text(), [det("square", "blue", cx=24)], "spatial") == 0.0
+    assert C.score_image("a red circle and a blue square", [det("square", "blue", cx=24)], "color") == 0.0
+
+
+def test_reversed_relation_loses_only_the_relation_half_of_complex():
+    p = "a large red plain circle on the left of a small blue plain square"
+    right = [det("circle", "red", "plain", "large", cx=8), det("square", "blue", "plain", "small", cx=24)]
+    flipped = [det("circle", "red", "plain", "large", cx=24), det("square", "blue", "plain", "small", cx=8)]
+    spec = G.parse(p)
+    assert C.relation_score(spec, right) == 1.0 and C.relation_score(spec, flipped) == 0.0
+    assert C.score_image(p, flipped, "complex") == pytest.approx(0.5)
+
+
+def test_expected_calibration_error():
+    assert expected_calibration_error([(1.0, True)] * 10) == 0.0
+    assert expected_calibration_error([(0.95, False)] * 4) == pytest.approx(0.95)
+    # half right at confidence 0.75: off by 0.25
+    assert expected_calibration_error([(0.75, True), (0.75, False)]) == pytest.approx(0.25)
+    assert np.isnan(expected_calibration_error([]))
+
+
+def test_graded_binding_gives_partial_credit_for_one_wrong_attribute():
+    dets = [det("circle", "red", cx=8), det("square", "green", cx=24)]
+    prompt = "a red circle and a blue square"
+    assert C.score_image(prompt, dets, "color") == pytest.approx(0.0)
+    assert C.score_spec(G.parse(prompt), dets, "color", binding="mean") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown binding"):
+        C.score_spec(G.parse(prompt), dets, "color", binding="max")
 
 
 def test_validation_seed_must_be_held_out():

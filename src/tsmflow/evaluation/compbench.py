@@ -24,18 +24,27 @@ from ..data.world import Obj, spatial_relation
 from .evaluator import detect
 
 
-def phrase_probability(want: dict, det: dict) -> float:
-    """P(this detection is the phrase): objectness x each stated attribute's probability."""
-    p = det["objectness"]
-    for attr, value in want.items():
-        p *= det[attr].get(value, 0.0)
-    return p
+BINDINGS = ("product", "mean")
 
 
-def binding_score(spec: PromptSpec, detections: list[dict]) -> float:
+def phrase_probability(want: dict, det: dict, binding: str = "product") -> float:
+    """P(this detection is the phrase): objectness x each stated attribute's probability.
+
+    binding "mean" (graded credit, as BLIP-VQA's yes-probability gives for a near miss):
+    objectness x the mean of the stated attributes' probabilities, so one wrong
+    attribute of two costs half the phrase, not all of it."""
+    probs = [det[attr].get(value, 0.0) for attr, value in want.items()]
+    if binding == "product":
+        return det["objectness"] * math.prod(probs)
+    if binding == "mean":
+        return det["objectness"] * (sum(probs) / len(probs) if probs else 1.0)
+    raise ValueError(f"unknown binding {binding!r}; expected one of {BINDINGS}")
+
+
+def binding_score(spec: PromptSpec, detections: list[dict], binding: str = "product") -> float:
     if not detections:
         return 0.0
-    return math.prod(max(phrase_probability(o, d) for d in detections) for o in spec.objects)
+    return math.prod(max(phrase_probability(o, d, binding) for d in detections) for o in spec.objects)
 
 
 def _relation_holds(word: str, a: dict, b: dict) -> float:
@@ -64,18 +73,20 @@ def relation_score(spec: PromptSpec, detections: list[dict]) -> float:
     return best
 
 
-def score_spec(spec: PromptSpec, detections: list[dict], category: str) -> float:
+def score_spec(spec: PromptSpec, detections: list[dict], category: str, binding: str = "product") -> float:
+    """`binding` sets how a phrase's attributes combine in the binding score (see
+    phrase_probability); relations always need every stated attribute of both phrases."""
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
     if category in ("color", "shape", "texture"):
-        return binding_score(spec, detections)
+        return binding_score(spec, detections, binding)
     if category in ("spatial", "non_spatial"):
         want = SPATIAL if category == "spatial" else NON_SPATIAL
         if spec.relation is None or spec.relation[2] not in want:
             raise ValueError(f"{category} prompt {spec.text()!r} has no {category} relation")
         return relation_score(spec, detections)
     # complex: 3-in-1 averages its scorers; a prompt without a relation has only binding
-    b = binding_score(spec, detections)
+    b = binding_score(spec, detections, binding)
     if spec.relation is None:
         return b
     return 0.5 * (b + relation_score(spec, detections))
@@ -87,10 +98,10 @@ def score_image(prompt: str, detections: list[dict], category: str) -> float:
 
 
 def score_images(model, images: np.ndarray, prompts: list[str], category: str,
-                 batch_size: int = 256) -> list[float]:
+                 batch_size: int = 256, binding: str = "product") -> list[float]:
     """Scores in [0, 1] for uint8 images (N, H, W, 3) and their N prompts."""
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     specs = [parse(p) for p in prompts]  # fail on a bad prompt before detecting anything
     dets = detect(model, images, batch_size=batch_size)
-    return [score_spec(s, d, category) for s, d in zip(specs, dets)]
+    return [score_spec(s, d, category, binding) for s, d in zip(specs, dets)]

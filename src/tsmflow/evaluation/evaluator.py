@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data import grammar as G
 from ..data.io import DataError, load_dataset, write_json
-from ..data.world import COLORS, SHAPES, SIZE_FRACTION, SIZES, TEXTURES, Obj, Scene, place, render
+from ..data.world import BACKGROUND, COLORS, SHAPES, SIZE_FRACTION, SIZES, TEXTURES, Obj, Scene, place, render
 from ..training.loop import TrainConfig, infinite_batches, make_accelerator, resumable_output, to_pixels, train
 
 # head order; each attribute's values in the renderer's order
@@ -122,6 +122,34 @@ def render_scenes(n: int, seed: int, resolution: int, n_objects_p=DEFAULT_N_OBJE
     scenes = [random_scene(np.random.default_rng(key(i)), resolution, n_objects_p) for i in range(n)]
     images = np.stack([render(s) for s in scenes]) if scenes else np.zeros((0, resolution, resolution, 3), np.uint8)
     return images, scenes
+
+
+JUNK_KINDS = ("noise", "blank", "solid", "gauss")  # object-free images the detector must find empty
+
+
+def junk_images(n: int, seed: int, resolution: int, kinds=JUNK_KINDS) -> tuple[np.ndarray, list[str]]:
+    """`n` object-free uint8 images, kinds in turn; image i depends only on (seed, i).
+
+    noise: uniform per-pixel noise; blank: the renderer's background; solid: one random
+    colour; gauss: the background plus Gaussian noise of a random std (up to 0.3)."""
+    out, names = np.zeros((n, resolution, resolution, 3), np.uint8), []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 7])
+        kind = kinds[i % len(kinds)]
+        if kind == "noise":
+            out[i] = rng.integers(0, 256, (resolution, resolution, 3))
+        elif kind == "blank":
+            out[i] = BACKGROUND
+        elif kind == "solid":
+            out[i] = rng.integers(0, 256, 3)
+        elif kind == "gauss":
+            x = np.asarray(BACKGROUND, np.float64) + rng.normal(0, 255 * rng.uniform(0.05, 0.3),
+                                                                (resolution, resolution, 3))
+            out[i] = np.clip(np.rint(x), 0, 255)
+        else:
+            raise ValueError(f"unknown junk kind {kind!r}; expected one of {JUNK_KINDS}")
+        names.append(kind)
+    return out, names
 
 
 def make_targets(scenes: list[Scene], resolution: int, stride: int) -> dict[str, torch.Tensor]:
@@ -220,9 +248,14 @@ class DetectorObjective(nn.Module):
         return loss
 
 
-def train_evaluator(cfg: dict, resolution: int, out_dir, data_dir=None) -> dict:
+def train_evaluator(cfg: dict, resolution: int, out_dir, data_dir=None, vae_dir=None) -> dict:
     """Train the detector on its own renders (or on a rendered split in `data_dir`) and save
-    weights (safetensors), config.json, loss.csv and stats.json into `out_dir` atomically."""
+    weights (safetensors), config.json, loss.csv and stats.json into `out_dir` atomically.
+
+    Every generated image passes through the VAE decoder, so with `vae_dir` and
+    `data.reconstructions` the training set also holds each render's VAE reconstruction
+    (same labels), and calibration fits on renders and reconstructions alike.
+    `data.junk_p` adds that share of object-free images (noise, blank, one colour)."""
     unknown = set(cfg) - CONFIG_KEYS
     if unknown:
         raise ValueError(f"unknown evaluator keys {sorted(unknown)}; expected some of {sorted(CONFIG_KEYS)}")
@@ -237,6 +270,15 @@ def train_evaluator(cfg: dict, resolution: int, out_dir, data_dir=None) -> dict:
     else:
         d = cfg["data"]
         images, scenes = render_scenes(d["n"], d["seed"], resolution, d.get("n_objects_p", DEFAULT_N_OBJECTS_P))
+    d = cfg.get("data", {})
+    recon = _reconstructor(d, vae_dir)
+    if recon is not None:
+        images, scenes = np.concatenate([images, recon(images)]), scenes + scenes
+    n_junk = round(len(images) * d.get("junk_p", 0.0))
+    if n_junk:
+        junk, _ = junk_images(n_junk, d.get("seed", 0), resolution)
+        images = np.concatenate([images, junk])
+        scenes = scenes + [Scene(objects=[], resolution=resolution) for _ in range(n_junk)]
     tensors = {"pixels": to_pixels(images), **make_targets(scenes, resolution, model.stride)}
     tcfg = TrainConfig.from_dict(cfg["train"])
     aug = cfg.get("augment", {})
@@ -268,17 +310,30 @@ def train_evaluator(cfg: dict, resolution: int, out_dir, data_dir=None) -> dict:
         if cal.get("n", 0) > 0:
             # scenes from another stream of the training seed: held out from training, and
             # never the validation scenes (those need a different seed)
-            d = cfg.get("data", {})
             c_images, c_scenes = render_scenes(cal["n"], d.get("seed", 0), resolution,
                                                d.get("n_objects_p", DEFAULT_N_OBJECTS_P), stream=1)
+            if recon is not None:
+                c_images, c_scenes = np.concatenate([c_images, recon(c_images)]), c_scenes + c_scenes
             stats["temperature"] = calibrate(model, c_images, c_scenes, cal.get("min_temperature", 0.5))
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
                   tmp / "model.safetensors")
         write_json(tmp / "config.json", model.config)
         stats.update(params=sum(p.numel() for p in model.parameters()), n_train_images=len(images),
-                     n_train_objects=sum(len(s.objects) for s in scenes))
+                     n_train_objects=sum(len(s.objects) for s in scenes), n_junk_images=n_junk,
+                     reconstructions=recon is not None)
         write_json(tmp / "stats.json", stats)
     return stats
+
+
+def _reconstructor(data_cfg: dict, vae_dir):
+    """images -> their VAE reconstructions, when the config asks to train on them."""
+    if not data_cfg.get("reconstructions", False):
+        return None
+    if vae_dir is None:
+        raise ValueError("evaluator key data.reconstructions is true, but no VAE was given to train on its output")
+    from ..training.vae import load_vae, reconstruct  # diffusers: only for training, not for scoring jobs
+    vae = load_vae(vae_dir)
+    return lambda images: reconstruct(vae, images)
 
 
 @torch.no_grad()
@@ -290,7 +345,8 @@ def calibrate(model: Detector, images: np.ndarray, scenes: list[Scene], min_temp
     at ~99.6% accuracy), and a score multiplies up to 15 probabilities, so a correct
     scene would score ~0.8. Renders are (nearly) separable, so likelihood alone would
     sharpen without bound into a hard classifier; `min_temperature` caps the sharpening
-    so that ambiguous generated objects keep graded probabilities.
+    so that ambiguous generated objects keep graded probabilities. Fitted on VAE
+    reconstructions as well, the optimum is interior: decoder output is ambiguous enough.
     """
     model.eval()
     targets = make_targets(scenes, images.shape[1], model.stride)

@@ -57,6 +57,7 @@ class TrainConfig:
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # after warmup: "constant", or "cosine" decay to 0 at the last step
     mixed_precision: str = "auto"  # "auto": bf16 on a GPU, fp32 on a CPU
     log_every: int = 25
     checkpoint_every: int = 100  # optimizer steps between resume checkpoints (0: only at the end)
@@ -126,8 +127,7 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
     if not params:
         raise ValueError(f"{desc}: no trainable parameters")
     opt = torch.optim.AdamW(groups or params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
     objective, opt, sched = acc.prepare(objective, opt, sched)
     objective.train()
 
@@ -184,6 +184,18 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
     return {"steps": cfg.steps, "samples_seen": seen, "wall_s": elapsed, "samples_per_s": seen / elapsed,
             "final_loss": rows[-1]["loss"] if rows else math.nan,
             "trainable_params": sum(p.numel() for p in params)}
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning-rate multiplier at optimizer step `step` (0-based): linear warmup, then constant
+    or a cosine decay to 0 at cfg.steps (a short run ends at a settled point, as EMA would give)."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_schedule == "constant":
+        return warm
+    if cfg.lr_schedule == "cosine":
+        span = max(1, cfg.steps - cfg.warmup_steps)
+        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, step - cfg.warmup_steps) / span)))
+    raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; expected constant or cosine")
 
 
 def _trainable(params) -> tuple[list, list[dict] | None]:

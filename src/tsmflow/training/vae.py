@@ -50,7 +50,7 @@ def train_vae(data_dir, cfg: dict, out_dir) -> dict:
 def encode_latents(data_dir, vae_dir, out_path) -> None:
     """Cache the scaled posterior (mean, std) of every training image once."""
     images, labels = load_dataset(data_dir)
-    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval()
+    vae = load_vae(vae_dir)
     mean, std = posterior(vae, to_pixels(images))
     s = vae.config.scaling_factor
     with atomic_path(out_path) as tmp:
@@ -59,17 +59,29 @@ def encode_latents(data_dir, vae_dir, out_path) -> None:
 
 
 @torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """uint8 (N, H, W, 3) images through the VAE (posterior mean, then decoder), as uint8 again.
+
+    This is what a perfect denoiser's sample looks like to anything that reads pixels."""
+    recs = []
+    for i in tqdm(range(0, len(images), batch_size), desc="vae reconstruction", mininterval=2.0,
+                  disable=not progress):
+        x = to_pixels(images[i:i + batch_size]).to(vae.device, vae.dtype)
+        r = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
+        recs.append(((r.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(recs) if recs else np.zeros_like(images)
+
+
+def load_vae(vae_dir) -> AutoencoderKL:
+    return AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval()
+
+
+@torch.no_grad()
 def evaluate_vae(data_dir, vae_dir, n: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """Reconstruction error on held-out images: MSE in [0,1] pixel units and PSNR."""
     images, _ = load_dataset(data_dir)
     images = images[:n]
-    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval()
-    recs = []
-    for i in tqdm(range(0, len(images), 256), desc="vae reconstruction", mininterval=2.0):
-        x = to_pixels(images[i:i + 256])
-        r = vae.decode(vae.encode(x).latent_dist.mean).sample
-        recs.append(((r.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    rec = np.concatenate(recs)
+    rec = reconstruct(load_vae(vae_dir), images, progress=True)
     err = (rec.astype(np.float64) - images.astype(np.float64)) / 255.0
     mse = float((err**2).mean())
     per_image = (err**2).mean(axis=(1, 2, 3))

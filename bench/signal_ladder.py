@@ -1,0 +1,179 @@
+"""The signal ladder (see tsmflow.evaluation.signal): four rungs from renders to CompBench-mini scores.
+
+Needs the foundation of a run (render, VAE, text encoder, evaluator, base models):
+    .venv/bin/snakemake --cores 2 results/evaluator/validation.json results/models/base/{unet,dit,mmdit}
+    .venv/bin/python bench/signal_ladder.py --label after [--config config/config.yaml] [--backbones unet dit mmdit]
+Each label's record is kept in bench/results/signal_ladder.json (a rerun replaces only its own label),
+and bench/results/signal_ladder.md is rewritten from all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from tsmflow.data.grammar import CATEGORIES
+from tsmflow.data.io import read_prompts, write_json
+from tsmflow.evaluation.compbench import score_images
+from tsmflow.evaluation.evaluator import ATTRS, DEFAULT_N_OBJECTS_P, load_evaluator, render_scenes
+from tsmflow.evaluation.signal import (category_summary, image_statistics, single_object_prompts,
+                                       single_object_summary, single_object_table)
+from tsmflow.evaluation.validation import DEFAULT_VALIDATION, control_report, detection_report, junk_report
+from tsmflow.models.backbone import load_mini_backbone
+from tsmflow.sampling.sample import generate
+from tsmflow.training.vae import load_vae, reconstruct
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench/results/signal_ladder"
+
+
+def evaluator_rungs(evaluator, vae, cfg, prompts, res) -> dict:
+    ev = cfg["evaluator"]
+    v = {**DEFAULT_VALIDATION, **ev.get("validation", {})}
+    images, scenes = render_scenes(v["n"], v["seed"], res, ev.get("data", {}).get("n_objects_p", DEFAULT_N_OBJECTS_P))
+    recon = reconstruct(vae, images)
+    out = {}
+    for name, seen, tf in (("renders", images, None), ("reconstructions", recon, lambda x: reconstruct(vae, x))):
+        rep = detection_report(evaluator, seen, scenes, v["position_tol"] * res)
+        ctrl = control_report(evaluator, prompts, res, v["seed"], v["per_prompt"], tf)
+        out[name] = {"n_scenes": len(scenes), "accuracy": rep["accuracy"], "by_size": rep["by_size"],
+                     "ece": rep["ece"], "recall": rep["detection"]["recall"],
+                     "control": {c: {k: x[k] for k in ("correct_mean", "correct_p05", "negative_mean", "n_images")
+                                     } for c, x in ctrl.items()},
+                     "junk": junk_report(evaluator, prompts, res, v["seed"], v.get("n_junk", 200), tf),
+                     "image_stats": image_statistics(seen)}
+    out["temperature"] = {a: float(evaluator.temperature[k]) for k, a in enumerate(ATTRS)}
+    return out
+
+
+def backbone_rungs(bb, evaluator, cfg, prompts, n_single: int, n_per_prompt: int) -> dict:
+    s, ev = cfg["sampling"], cfg["evaluation"]
+    t0 = time.perf_counter()
+    items = [it for it in single_object_prompts() for _ in range(n_single)]
+    seeds = [ev["seed"] + k % n_single for k in range(len(items))]
+    imgs = generate(bb, [p for p, _, _ in items], seeds, s["steps"], s["guidance_scale"], progress=False)
+    single = single_object_summary(single_object_table(evaluator, imgs, items))
+    stats = image_statistics(imgs)
+    rows = []
+    for cat in CATEGORIES:
+        jobs = [(p, i) for p in prompts[cat] for i in range(n_per_prompt)]
+        x = generate(bb, [p for p, _ in jobs], [ev["seed"] + i for _, i in jobs], s["steps"], s["guidance_scale"],
+                     progress=False)
+        for binding in ("product", "mean"):
+            sc = score_images(evaluator, x, [p for p, _ in jobs], cat, binding=binding)
+            rows += [{"category": cat, "prompt": p, "binding": binding, "score": 100 * v} for (p, _), v in zip(jobs, sc)]
+    df = pd.DataFrame(rows)
+    cats = {b: category_summary(df[df["binding"] == b]) for b in ("product", "mean")}
+    return {"single_object": single, "sample_image_stats": stats, "compbench": cats,
+            "n_single_per_prompt": n_single, "images_per_prompt": n_per_prompt, "wall_s": time.perf_counter() - t0}
+
+
+def fmt(m: dict, pct: bool = False) -> str:
+    k = 100 if pct else 1
+    return f"{k * m['mean']:.1f} ± {k * m['se']:.1f}"
+
+
+def markdown(records: dict) -> str:
+    lines = ["# Signal ladder", "",
+             "Where composition is lost between the renderer and a CompBench-mini score. Made by "
+             "`bench/signal_ladder.py` (its docstring has the commands); each section is one labelled run. "
+             "± is one standard error; CompBench-mini SEs treat prompts as the sampling unit.", ""]
+    for label, r in records.items():
+        e = r["evaluator"]
+        lines += [f"## {label}", "", f"Commit {r['commit']}, config `{r['config']}`, {r['machine']}, "
+                  f"{r['threads']} threads, {r['wall_s']:.0f} s. {r.get('note', '')}", "",
+                  "### Rungs 1-2: the evaluator on held-out renders and on their VAE reconstructions", ""]
+        lines += ["| view | scenes | " + " | ".join(f"{a} acc" for a in ATTRS) + " | position | count | small: shape | "
+                  "small: texture | recall |", "|" + "---|" * 12]
+        for view in ("renders", "reconstructions"):
+            v = e[view]
+            a, z = v["accuracy"], v["by_size"]["small"]
+            lines.append(f"| {view} | {v['n_scenes']} | " + " | ".join(f"{100 * a[k]:.1f}" for k in ATTRS)
+                         + f" | {100 * a['position']:.1f} | {100 * a['count']:.1f} | {100 * z['shape']:.1f} | "
+                         f"{100 * z['texture']:.1f} | {100 * v['recall']:.1f} |")
+        lines += ["", "Correct scenes per category (mean score, %), object-free images (mean / max score, %, "
+                  "and detections per image), calibration (ECE of the attribute probabilities):", "",
+                  "| view | " + " | ".join(CATEGORIES) + " | object-free mean | object-free max | dets/junk image | "
+                  "ECE (shape, colour, texture, size) |", "|" + "---|" * (len(CATEGORIES) + 5)]
+        for view in ("renders", "reconstructions"):
+            v = e[view]
+            j = v["junk"]
+            lines.append(f"| {view} | " + " | ".join(f"{100 * v['control'][c]['correct_mean']:.1f}" for c in CATEGORIES
+                                                     if c in v["control"])
+                         + f" | {100 * j['mean']:.2f} | {100 * j['max']:.1f} | {j['mean_detections']:.2f} | "
+                         + ", ".join(f"{v['ece'][a]:.3f}" for a in ATTRS) + " |")
+        lines += ["", "Temperatures: " + ", ".join(f"{a} {t:.3f}" for a, t in e["temperature"].items()) + ".", ""]
+        lines += ["### Rung 3: base models on single-object prompts", "",
+                  "Share of images whose most confident detection carries the stated value (%), with the share "
+                  "that found exactly one object.", "",
+                  "| backbone | " + " | ".join(ATTRS) + " | one object | images |", "|" + "---|" * 7]
+        for name, b in r["backbones"].items():
+            so = b["single_object"]
+            lines.append(f"| {name} | " + " | ".join(fmt(so[a], True) for a in ATTRS)
+                         + f" | {100 * np.mean([so[a]['one_object'] for a in ATTRS]):.0f} | "
+                         f"{sum(so[a]['n_images'] for a in ATTRS)} |")
+        lines += ["", "### Rung 4: base models on CompBench-mini (%)", "",
+                  "`product`: the strict score (a phrase's attribute probabilities multiplied); `mean`: graded "
+                  "credit (their mean).", "",
+                  "| backbone | binding | " + " | ".join(CATEGORIES) + " | mean | images |", "|" + "---|" * 10]
+        for name, b in r["backbones"].items():
+            for binding, cats in b["compbench"].items():
+                lines.append(f"| {name} | {binding} | " + " | ".join(fmt(cats[c]) for c in CATEGORIES)
+                             + f" | {fmt(cats['mean'])} | {cats['mean']['n_images']} |")
+        lines += ["", "Image statistics (pixel units in [0, 1]): mean gradient magnitude / high-pass std.", "",
+                  "| images | n | gradient | high-pass std | high-pass p90 |", "|---|---|---|---|---|"]
+        rows = [("renders", e["renders"]["image_stats"]), ("reconstructions", e["reconstructions"]["image_stats"])]
+        rows += [(f"{n} samples", b["sample_image_stats"]) for n, b in r["backbones"].items()]
+        lines += [f"| {n} | {s['n_images']} | {s['gradient_mean']:.4f} | {s['highpass_std_mean']:.4f} | "
+                  f"{s['highpass_std_p90']:.4f} |" for n, s in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--label", required=True)
+    ap.add_argument("--config", default="config/config.yaml")
+    ap.add_argument("--results", default="results")
+    ap.add_argument("--backbones", nargs="+", default=None)
+    ap.add_argument("--single-per-prompt", type=int, default=8)
+    ap.add_argument("--images-per-prompt", type=int, default=None, help="default: evaluation.images_per_prompt")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    cfg = yaml.safe_load((ROOT / args.config).read_text())
+    res = ROOT / args.results
+    prompts = {c: read_prompts(res / f"data/compbench/{c}_val.txt") for c in CATEGORIES}
+    evaluator = load_evaluator(res / "models/evaluator")
+    vae = load_vae(res / "models/vae")
+    rec = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=ROOT).stdout.strip(),
+           "config": args.config, "machine": f"{platform.machine()} CPU, no GPU", "threads": args.threads,
+           "note": args.note, "evaluator": evaluator_rungs(evaluator, vae, cfg, prompts, cfg["resolution"]),
+           "backbones": {}}
+    n_pp = args.images_per_prompt or cfg["evaluation"]["images_per_prompt"]
+    for name in args.backbones or list(cfg["backbones"]):
+        bb = load_mini_backbone(name, res / "models/base" / name, res / "models/vae", res / "models/text_encoder")
+        rec["backbones"][name] = backbone_rungs(bb, evaluator, cfg, prompts, args.single_per_prompt, n_pp)
+        print(name, json.dumps(rec["backbones"][name]["compbench"]["product"]["mean"]), flush=True)
+    rec["wall_s"] = time.perf_counter() - t0
+    path = OUT.with_suffix(".json")
+    records = json.loads(path.read_text()) if path.is_file() else {}
+    records[args.label] = rec
+    write_json(path, records)
+    OUT.with_suffix(".md").write_text(markdown(records))
+    print(markdown({args.label: rec}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The signal ladder: where, between the renderer and a CompBench-mini score, composition is lost.
+
+Rungs, each measured with its sample count:
+1. the evaluator on held-out renders;
+2. the evaluator on the VAE's reconstructions of those renders (what every generated
+   image looks like to it), per attribute and per object size;
+3. a base model on single-object prompts, per attribute: does the one object it draws
+   carry the stated value?
+4. a base model on the CompBench-mini categories, with prompt-clustered standard errors.
+The functions here take images and detections; `bench/signal_ladder.py` samples and runs them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..data import grammar as G
+from .evaluator import argmax_label, detect
+
+SINGLE_ATTRS = ("shape", "color", "texture", "size")
+
+
+def single_object_prompts() -> list[tuple[str, str, str]]:
+    """(prompt, attribute, value): every value of every attribute, once with each shape noun
+    (shape: the bare noun), so a rung-3 score is per attribute and balanced over shapes."""
+    items = [(f"a {s}", "shape", s) for s in G.VALUES["shape"]]
+    for attr in ("color", "texture", "size"):
+        items += [(f"a {v} {s}", attr, v) for v in G.VALUES[attr] for s in G.VALUES["shape"]]
+    return items
+
+
+def single_object_table(model, images: np.ndarray, items: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """One row per image: whether the top detection's argmax is the stated value (no detection:
+    wrong), its shape is the stated noun, and how many objects were found."""
+    if len(images) != len(items):
+        raise ValueError(f"{len(images)} images but {len(items)} prompts")
+    rows = []
+    for (prompt, attr, value), dets in zip(items, detect(model, images)):
+        shape = G.parse(prompt).objects[0]["shape"]
+        top = dets[0] if dets else None  # detect sorts by objectness
+        rows.append({"prompt": prompt, "attr": attr, "value": value, "n_detections": len(dets),
+                     "correct": float(top is not None and argmax_label(top, attr) == value),
+                     "shape_correct": float(top is not None and argmax_label(top, "shape") == shape)})
+    return pd.DataFrame(rows)
+
+
+def clustered_mean(df: pd.DataFrame, value: str, cluster: str = "prompt") -> dict:
+    """Mean of `value` with a standard error that treats `cluster` (prompts) as the sampling
+    unit: images of one prompt are not independent draws of the category."""
+    means = df.groupby(cluster)[value].mean()
+    n = len(means)
+    se = float(means.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return {"mean": float(df[value].mean()), "se": se, "n_images": int(len(df)), "n_prompts": int(n)}
+
+
+def single_object_summary(table: pd.DataFrame) -> dict:
+    out = {}
+    for attr in SINGLE_ATTRS:
+        t = table[table["attr"] == attr]
+        if len(t):
+            out[attr] = {**clustered_mean(t, "correct"), "shape_correct": float(t["shape_correct"].mean()),
+                         "one_object": float((t["n_detections"] == 1).mean())}
+    return out
+
+
+def category_summary(scores: pd.DataFrame, value: str = "score") -> dict:
+    """Per category (and over all of them): mean score in percent, prompt-clustered SE."""
+    out = {cat: clustered_mean(g, value) for cat, g in scores.groupby("category", sort=False)}
+    # the mean over categories: SE from the categories' SEs (independent prompt sets)
+    cats = [c for c in G.CATEGORIES if c in out]
+    if cats:
+        out["mean"] = {"mean": float(np.mean([out[c]["mean"] for c in cats])),
+                       "se": float(np.sqrt(sum(out[c]["se"] ** 2 for c in cats)) / len(cats)),
+                       "n_images": int(sum(out[c]["n_images"] for c in cats)),
+                       "n_prompts": int(sum(out[c]["n_prompts"] for c in cats))}
+    return out
+
+
+def image_statistics(images: np.ndarray) -> dict:
+    """Sharpness and noise of uint8 images in [0, 1] pixel units: the mean gradient magnitude,
+    and the std of the high-pass residual (image minus its 3x3 box blur). Renders against
+    reconstructions against samples say how wide the evaluator's augmentation must be."""
+    x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    gx, gy = x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+    grad = 0.5 * (gx.abs().mean(dim=(1, 2, 3)) + gy.abs().mean(dim=(1, 2, 3)))
+    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    hp = (x - blur).flatten(1).std(dim=1)
+    return {"n_images": len(x), "gradient_mean": float(grad.mean()), "highpass_std_mean": float(hp.mean()),
+            "highpass_std_p90": float(hp.quantile(0.9))}
