@@ -24,8 +24,9 @@ from tsmflow.data.grammar import CATEGORIES
 from tsmflow.data.io import read_prompts, write_json
 from tsmflow.evaluation.compbench import score_images
 from tsmflow.evaluation.evaluator import ATTRS, DEFAULT_N_OBJECTS_P, load_evaluator, render_scenes
-from tsmflow.evaluation.signal import (category_summary, image_statistics, single_object_prompts,
-                                       single_object_summary, single_object_table)
+from tsmflow.evaluation.fid import folder_features, load_stats
+from tsmflow.evaluation.signal import (bootstrap_fid, category_summary, image_statistics, paired_effect,
+                                       single_object_prompts, single_object_summary, single_object_table)
 from tsmflow.evaluation.validation import DEFAULT_VALIDATION, control_report, detection_report, junk_report
 from tsmflow.models.backbone import load_mini_backbone
 from tsmflow.sampling.sample import generate
@@ -74,6 +75,22 @@ def backbone_rungs(bb, evaluator, cfg, prompts, n_single: int, n_per_prompt: int
     cats = {b: category_summary(df[df["binding"] == b]) for b in ("product", "mean")}
     return {"single_object": single, "sample_image_stats": stats, "compbench": cats,
             "n_single_per_prompt": n_single, "images_per_prompt": n_per_prompt, "wall_s": time.perf_counter() - t0}
+
+
+def effect_rungs(evaluator, res: Path, effects: list[str], fid_effects: list[str]) -> dict:
+    """Rung 5: what fine-tuning changes, from runs the workflow scored (BASE:TUNED run names)."""
+    out = {"compbench": {}, "fid": {}}
+    for pair in effects:
+        base, tuned = pair.split(":")
+        out["compbench"][pair] = paired_effect(*(pd.read_csv(res / "runs" / r / "compbench_scores.csv")
+                                                 for r in (base, tuned)))
+    ref = load_stats(res / "evaluator/fid_reference_shapes.npz") if fid_effects else None
+    for pair in fid_effects:
+        base, tuned = pair.split(":")
+        fb, ft = (folder_features(evaluator, res / "runs" / r / "fid_samples").astype(np.float64)
+                  for r in (base, tuned))
+        out["fid"][pair] = bootstrap_fid(fb, ref["mu"], ref["sigma"], paired=ft)
+    return out
 
 
 def fmt(m: dict, pct: bool = False) -> str:
@@ -128,6 +145,22 @@ def markdown(records: dict) -> str:
             for binding, cats in b["compbench"].items():
                 lines.append(f"| {name} | {binding} | " + " | ".join(fmt(cats[c]) for c in CATEGORIES)
                              + f" | {fmt(cats['mean'])} | {cats['mean']['n_images']} |")
+        eff = r.get("effects", {})
+        if eff.get("compbench") or eff.get("fid"):
+            lines += ["", "### Rung 5: what fine-tuning changes", "",
+                      "CompBench-mini (strict score, %): tuned minus base on the same prompts and seeds; SE of the "
+                      "prompt-level paired difference; z = difference / SE.", "",
+                      "| base:tuned | " + " | ".join(CATEGORIES) + " | mean (base → tuned) | z |", "|" + "---|" * 9]
+            for pair, e in eff.get("compbench", {}).items():
+                lines.append(f"| {pair} | " + " | ".join(f"{e[c]['diff']:+.1f} ± {e[c]['se']:.1f}" for c in CATEGORIES)
+                             + f" | {e['mean']['base']:.1f} → {e['mean']['tuned']:.1f} | {e['mean']['z']:.1f} |")
+            if eff.get("fid"):
+                lines += ["", "FID (shapes features): bootstrap SE over samples (joint resamples for the "
+                          "difference).", "", "| base:tuned | samples | base FID | tuned FID | difference | z |",
+                          "|---|---|---|---|---|---|"]
+                lines += [f"| {pair} | {f['n']} | {f['fid']:.2f} ± {f['se']:.2f} | {f['fid_other']:.2f} ± "
+                          f"{f['se_other']:.2f} | {f['diff']:+.2f} ± {f['se_diff']:.2f} | {f['z']:.1f} |"
+                          for pair, f in eff["fid"].items()]
         lines += ["", "Image statistics (pixel units in [0, 1]): mean gradient magnitude / high-pass std.", "",
                   "| images | n | gradient | high-pass std | high-pass p90 |", "|---|---|---|---|---|"]
         rows = [("renders", e["renders"]["image_stats"]), ("reconstructions", e["reconstructions"]["image_stats"])]
@@ -148,6 +181,9 @@ def main() -> None:
     ap.add_argument("--images-per-prompt", type=int, default=None, help="default: evaluation.images_per_prompt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--note", default="")
+    ap.add_argument("--effect", nargs="*", default=[], help="BASE:TUNED runs with compbench_scores.csv")
+    ap.add_argument("--fid-effect", nargs="*", default=[], help="BASE:TUNED runs with fid_samples/")
+    ap.add_argument("--keep", action="store_true", help="reuse this label's stored rungs 1-4, add rung 5")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -155,6 +191,15 @@ def main() -> None:
     res = ROOT / args.results
     prompts = {c: read_prompts(res / f"data/compbench/{c}_val.txt") for c in CATEGORIES}
     evaluator = load_evaluator(res / "models/evaluator")
+    path = OUT.with_suffix(".json")
+    records = json.loads(path.read_text()) if path.is_file() else {}
+    if args.keep:
+        rec = records[args.label]
+        rec["effects"] = effect_rungs(evaluator, res, args.effect, args.fid_effect)
+        write_json(path, records)
+        OUT.with_suffix(".md").write_text(markdown(records))
+        print(markdown({args.label: rec}))
+        return
     vae = load_vae(res / "models/vae")
     rec = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                     cwd=ROOT).stdout.strip(),
@@ -166,9 +211,8 @@ def main() -> None:
         bb = load_mini_backbone(name, res / "models/base" / name, res / "models/vae", res / "models/text_encoder")
         rec["backbones"][name] = backbone_rungs(bb, evaluator, cfg, prompts, args.single_per_prompt, n_pp)
         print(name, json.dumps(rec["backbones"][name]["compbench"]["product"]["mean"]), flush=True)
+    rec["effects"] = effect_rungs(evaluator, res, args.effect, args.fid_effect)
     rec["wall_s"] = time.perf_counter() - t0
-    path = OUT.with_suffix(".json")
-    records = json.loads(path.read_text()) if path.is_file() else {}
     records[args.label] = rec
     write_json(path, records)
     OUT.with_suffix(".md").write_text(markdown(records))

@@ -89,3 +89,55 @@ def image_statistics(images: np.ndarray) -> dict:
     hp = (x - blur).flatten(1).std(dim=1)
     return {"n_images": len(x), "gradient_mean": float(grad.mean()), "highpass_std_mean": float(hp.mean()),
             "highpass_std_p90": float(hp.quantile(0.9))}
+
+
+def paired_effect(base: pd.DataFrame, tuned: pd.DataFrame, value: str = "score") -> dict:
+    """Per category and overall: mean(tuned) - mean(base) over the same prompts and seeds, with
+    the SE of the prompt-level paired difference, and the difference in SEs (z)."""
+    key = ["category", "prompt"]
+    b = base.groupby(key)[value].mean().rename("base")
+    t = tuned.groupby(key)[value].mean().rename("tuned")
+    d = pd.concat([b, t], axis=1, join="inner")
+    if len(d) < len(b) or len(d) < len(t):
+        raise ValueError("the two runs were not scored on the same prompts")
+    d["diff"] = d["tuned"] - d["base"]
+    out = {}
+    for cat, g in d.groupby(level="category", sort=False):
+        se = float(g["diff"].std(ddof=1) / np.sqrt(len(g))) if len(g) > 1 else float("nan")
+        out[cat] = {"base": float(g["base"].mean()), "tuned": float(g["tuned"].mean()),
+                    "diff": float(g["diff"].mean()), "se": se, "n_prompts": int(len(g))}
+    cats = [c for c in G.CATEGORIES if c in out]
+    diff = float(np.mean([out[c]["diff"] for c in cats]))
+    se = float(np.sqrt(sum(out[c]["se"] ** 2 for c in cats)) / len(cats))
+    out["mean"] = {"base": float(np.mean([out[c]["base"] for c in cats])),
+                   "tuned": float(np.mean([out[c]["tuned"] for c in cats])), "diff": diff, "se": se,
+                   "n_prompts": int(sum(out[c]["n_prompts"] for c in cats))}
+    for v in out.values():
+        v["z"] = v["diff"] / v["se"] if v["se"] and np.isfinite(v["se"]) else float("nan")
+    return out
+
+
+def bootstrap_fid(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, n_boot: int = 200,
+                  seed: int = 0, paired: np.ndarray | None = None) -> dict:
+    """FID of `feats` against reference stats, with a bootstrap SE over the samples. With `paired`
+    (features of a second model's samples, row k from the same caption and seed as row k of
+    `feats`), also the SE of FID(paired) - FID(feats) from joint resamples."""
+    from .fid import fid_from_stats
+
+    def fid(x):
+        return fid_from_stats(x.mean(0), np.cov(x, rowvar=False), ref_mu, ref_sigma)
+
+    rng = np.random.default_rng(seed)
+    a, b, d = [], [], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(feats), len(feats))
+        a.append(fid(feats[idx]))
+        if paired is not None:
+            b.append(fid(paired[idx]))
+            d.append(b[-1] - a[-1])
+    out = {"fid": fid(feats), "se": float(np.std(a, ddof=1)), "n": int(len(feats)), "n_boot": n_boot}
+    if paired is not None:
+        out.update(fid_other=fid(paired), se_other=float(np.std(b, ddof=1)), diff=fid(paired) - out["fid"],
+                   se_diff=float(np.std(d, ddof=1)))
+        out["z"] = out["diff"] / out["se_diff"]
+    return out
