@@ -56,7 +56,10 @@ def test_sample_grids_and_summary(smoke):
 def test_evaluation_outputs(smoke):
     res = smoke / "results"
     status = json.loads((res / "evaluator/validation.json").read_text())
-    assert "passed" in status and "Negative control" in (res / "evaluator/validation.md").read_text()
+    md = (res / "evaluator/validation.md").read_text()
+    assert "passed" in status and "Negative control" in md
+    # the decoder-output view and the object-free control run in the DAG too
+    assert "## VAE reconstructions" in md and "### Object-free images" in md and "reconstructions" in status
     for run in ["base_unet", "base_dit", "base_mmdit"]:
         m = json.loads((res / f"runs/{run}/metrics.json").read_text())
         for cat in ["color", "shape", "texture", "spatial", "non_spatial", "complex"]:

@@ -84,9 +84,20 @@ def test_param_groups_keep_their_own_lr_and_weight_decay(tmp_path):
     assert stats["trainable_params"] == 10  # the frozen parameter is left out of its group
 
 
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from tsmflow.training.loop import lr_factor
+    cfg = TrainConfig(steps=110, batch_size=1, lr=1.0, warmup_steps=10, lr_schedule="cosine")
+    assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 9) == pytest.approx(1.0)
+    assert lr_factor(cfg, 60) == pytest.approx(0.5) and lr_factor(cfg, 110) == pytest.approx(0.0)
+    const = TrainConfig(steps=110, batch_size=1, lr=1.0, warmup_steps=10)
+    assert lr_factor(const, 100) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor(TrainConfig(steps=1, batch_size=1, lr=1.0, lr_schedule="linear"), 0)
+
+
 def test_unknown_train_key_is_rejected():
     with pytest.raises(ValueError, match="unknown training keys"):
-        TrainConfig.from_dict({"steps": 1, "batch_size": 1, "lr": 1e-3, "lr_schedule": "cosine"})
+        TrainConfig.from_dict({"steps": 1, "batch_size": 1, "lr": 1e-3, "lr_shedule": "cosine"})
 
 
 def test_uniform_timesteps_stay_in_range():

@@ -204,6 +204,18 @@ def random_blur(x: torch.Tensor, max_sigma: float) -> torch.Tensor:
     return y.reshape(b, c, h, w)
 
 
+def augment_images(images: np.ndarray, noise_std: float, blur_sigma: float, seed: int) -> np.ndarray:
+    """uint8 images with the training augmentation applied once, reproducibly (calibration views)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        x = to_pixels(images)
+        if blur_sigma > 0:
+            x = random_blur(x, blur_sigma)
+        if noise_std > 0:
+            x = x + torch.randn_like(x) * torch.rand(len(x), 1, 1, 1) * noise_std  # as in training
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 class DetectorObjective(nn.Module):
     """BCE for objectness and centre, normalised by the number of objects (as CenterNet
     does, so the many empty cells do not drown the few positive ones), plus class CE and
@@ -271,14 +283,15 @@ def train_evaluator(cfg: dict, resolution: int, out_dir, data_dir=None, vae_dir=
         d = cfg["data"]
         images, scenes = render_scenes(d["n"], d["seed"], resolution, d.get("n_objects_p", DEFAULT_N_OBJECTS_P))
     d = cfg.get("data", {})
-    recon = _reconstructor(d, vae_dir)
-    if recon is not None:
-        images, scenes = np.concatenate([images, recon(images)]), scenes + scenes
     n_junk = round(len(images) * d.get("junk_p", 0.0))
     if n_junk:
         junk, _ = junk_images(n_junk, d.get("seed", 0), resolution)
         images = np.concatenate([images, junk])
         scenes = scenes + [Scene(objects=[], resolution=resolution) for _ in range(n_junk)]
+    recon = _reconstructor(d, vae_dir)
+    if recon is not None:
+        # junk too: the decoder turns uniform noise into blobs the detector must not read as objects
+        images, scenes = np.concatenate([images, recon(images)]), scenes + scenes
     tensors = {"pixels": to_pixels(images), **make_targets(scenes, resolution, model.stride)}
     tcfg = TrainConfig.from_dict(cfg["train"])
     aug = cfg.get("augment", {})
@@ -313,7 +326,11 @@ def train_evaluator(cfg: dict, resolution: int, out_dir, data_dir=None, vae_dir=
             c_images, c_scenes = render_scenes(cal["n"], d.get("seed", 0), resolution,
                                                d.get("n_objects_p", DEFAULT_N_OBJECTS_P), stream=1)
             if recon is not None:
-                c_images, c_scenes = np.concatenate([c_images, recon(c_images)]), c_scenes + c_scenes
+                # decoder output, and decoder output as soft and noisy as the augmentation allows:
+                # generated images are softer than reconstructions, and those views are not separable
+                r = recon(c_images)
+                soft = augment_images(r, aug.get("noise_std", 0.0), aug.get("blur_sigma", 0.0), d.get("seed", 0))
+                c_images, c_scenes = np.concatenate([c_images, r, soft]), c_scenes * 3
             stats["temperature"] = calibrate(model, c_images, c_scenes, cal.get("min_temperature", 0.5))
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
                   tmp / "model.safetensors")
