@@ -51,6 +51,8 @@ rule evaluate_vae:
     output:
         metrics=f"{RESULTS}/vae/reconstruction.json",
         figure=report(f"{RESULTS}/vae/reconstruction.png", caption="../report/vae.rst", category="Foundation"),
+    params:
+        eval_n=config["vae"]["eval_n"],
     log:
         get_log("evaluate_vae"),
     threads: 2
