@@ -266,8 +266,9 @@ def train_evaluator(cfg: dict, resolution: int, out_dir, data_dir=None, vae_dir=
 
     Every generated image passes through the VAE decoder, so with `vae_dir` and
     `data.reconstructions` the training set also holds each render's VAE reconstruction
-    (same labels), and calibration fits on renders and reconstructions alike.
-    `data.junk_p` adds that share of object-free images (noise, blank, one colour)."""
+    (same labels), and calibration fits on renders, reconstructions and augmented
+    reconstructions. `data.junk_p` adds that share of object-free images (noise, blank,
+    one colour, background noise), reconstructed as well."""
     unknown = set(cfg) - CONFIG_KEYS
     if unknown:
         raise ValueError(f"unknown evaluator keys {sorted(unknown)}; expected some of {sorted(CONFIG_KEYS)}")
@@ -362,8 +363,9 @@ def calibrate(model: Detector, images: np.ndarray, scenes: list[Scene], min_temp
     at ~99.6% accuracy), and a score multiplies up to 15 probabilities, so a correct
     scene would score ~0.8. Renders are (nearly) separable, so likelihood alone would
     sharpen without bound into a hard classifier; `min_temperature` caps the sharpening
-    so that ambiguous generated objects keep graded probabilities. Fitted on VAE
-    reconstructions as well, the optimum is interior: decoder output is ambiguous enough.
+    so that ambiguous generated objects keep graded probabilities. On decoder output (as
+    train_evaluator passes it) shape and texture find an interior optimum; colour and
+    size stay separable on every view and sit at the cap.
     """
     model.eval()
     targets = make_targets(scenes, images.shape[1], model.stride)
