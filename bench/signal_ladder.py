@@ -151,9 +151,9 @@ def markdown(records: dict) -> str:
                       "CompBench-mini (strict score, %): tuned minus base on the same prompts and seeds; SE of the "
                       "prompt-level paired difference; z = difference / SE.", "",
                       "| base:tuned | " + " | ".join(CATEGORIES) + " | mean (base → tuned) | z |", "|" + "---|" * 9]
-            for pair, e in eff.get("compbench", {}).items():
-                lines.append(f"| {pair} | " + " | ".join(f"{e[c]['diff']:+.1f} ± {e[c]['se']:.1f}" for c in CATEGORIES)
-                             + f" | {e['mean']['base']:.1f} → {e['mean']['tuned']:.1f} | {e['mean']['z']:.1f} |")
+            for pair, d in eff.get("compbench", {}).items():
+                lines.append(f"| {pair} | " + " | ".join(f"{d[c]['diff']:+.1f} ± {d[c]['se']:.1f}" for c in CATEGORIES)
+                             + f" | {d['mean']['base']:.1f} → {d['mean']['tuned']:.1f} | {d['mean']['z']:.1f} |")
             if eff.get("fid"):
                 lines += ["", "FID (shapes features): bootstrap SE over samples (joint resamples for the "
                           "difference).", "", "| base:tuned | samples | base FID | tuned FID | difference | z |",
