@@ -130,6 +130,9 @@ rule score_compbench:
         validation=rules.validate_evaluator.output.status,
     output:
         scores=get_run_path("{run}", "compbench_scores.csv"),
+    params:
+        resolution=config["resolution"],
+        require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
         get_log("score_compbench", "{run}"),
     benchmark:
@@ -152,6 +155,9 @@ rule compute_fid:
         reference=get_fid_reference(),
     output:
         fid=get_run_path("{run}", "fid.json"),
+    params:
+        feature_space=config["evaluation"]["fid"]["feature_space"],
+        require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
         get_log("compute_fid", "{run}"),
     benchmark:

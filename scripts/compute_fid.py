@@ -5,10 +5,10 @@ from tsmflow.evaluation.scoring import check_validated
 from tsmflow.workflow import setup
 
 setup(snakemake)
-space = snakemake.config["evaluation"]["fid"]["feature_space"]
+space = snakemake.params.feature_space
 validated = True
 if space in ("shapes", "patch"):
-    validated = check_validated(snakemake.input.validation, snakemake.config["evaluation"]["require_validated_evaluator"])
+    validated = check_validated(snakemake.input.validation, snakemake.params.require_validated)
 model = load_evaluator(snakemake.input.model) if space in ("shapes", "patch") else None
 mu, sigma, n = folder_stats(model, snakemake.input.images, feature_space=space)
 ref = load_stats(snakemake.input.reference)
