@@ -5,8 +5,8 @@ import pytest
 
 from tsmflow.data import grammar as G
 from tsmflow.evaluation.evaluator import render_scenes
-from tsmflow.evaluation.signal import (category_summary, clustered_mean, image_statistics, single_object_prompts,
-                                       single_object_summary)
+from tsmflow.evaluation.signal import (binding_outcomes, category_summary, clustered_mean, image_statistics, single_object_prompts,
+                                       single_object_summary, text_binding_probe)
 
 
 def test_single_object_prompts_cover_every_value_once_per_shape():
@@ -49,3 +49,57 @@ def test_image_statistics_tell_sharp_from_blurred():
     flat = image_statistics(np.full_like(imgs, 128))
     assert sharp["n_images"] == 8 and sharp["gradient_mean"] > 0.01 and sharp["highpass_std_mean"] > 0.01
     assert flat["gradient_mean"] == 0 and flat["highpass_std_mean"] == 0
+
+
+def _det(shape, color, objectness=0.9):
+    one_hot = lambda vals, v: {x: float(x == v) for x in vals}  # noqa: E731
+    return {"objectness": objectness, "cx": 8.0, "cy": 8.0, "shape": one_hot(G.VALUES["shape"], shape),
+            "color": one_hot(G.VALUES["color"], color), "texture": one_hot(G.VALUES["texture"], "plain"),
+            "size": one_hot(G.VALUES["size"], "small")}
+
+
+def test_binding_outcomes_tell_leakage_from_missing_and_other():
+    spec = G.parse("a blue circle and a yellow triangle")
+    rows = binding_outcomes(spec, [_det("circle", "yellow"), _det("triangle", "yellow")])
+    assert [(r["phrase"], r["outcome"]) for r in rows] == [(0, "swapped"), (1, "bound")]
+    rows = binding_outcomes(spec, [_det("circle", "red")])
+    assert [r["outcome"] for r in rows] == ["other", "missing"]
+    # the most confident detection of the noun decides
+    rows = binding_outcomes(spec, [_det("circle", "red", 0.6), _det("circle", "blue", 0.95)])
+    assert rows[0]["outcome"] == "bound" and all(r["contested"] for r in rows)
+    # a value both phrases state cannot leak
+    assert not binding_outcomes(G.parse("a red circle and a red square"), [])[0]["contested"]
+
+
+def test_text_binding_probe_on_a_symmetric_encoder():
+    import torch
+    from types import SimpleNamespace
+    from tsmflow.models.text import build_tokenizer
+
+    tok = build_tokenizer(G.vocabulary(), 24)
+
+    class BagOfWords(torch.nn.Module):
+        """every position holds the sum of all word embeddings: no binding at all"""
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(len(tok), 16)
+
+        def forward(self, input_ids, attention_mask):
+            bag = (self.emb(input_ids) * attention_mask[..., None]).sum(1, keepdim=True)
+            h = bag.expand(-1, input_ids.shape[1], -1)
+            return SimpleNamespace(last_hidden_state=h, text_embeds=bag[:, 0])
+
+    torch.manual_seed(0)
+    p = text_binding_probe(tok, BagOfWords())
+    assert p["n_prompts"] == 4 * 3 * 6 * 5 and p["swap_cosine"] == pytest.approx(1.0)
+    assert p["second_noun_accuracy"] <= 0.6  # it can only guess which of the two colours is its own
+
+    class Bigram(BagOfWords):
+        """each position holds its word and the one before: the noun carries its own colour"""
+        def forward(self, input_ids, attention_mask):
+            e = self.emb(input_ids)
+            h = e + torch.cat([torch.zeros_like(e[:, :1]), e[:, :-1]], dim=1)
+            return SimpleNamespace(last_hidden_state=h, text_embeds=h.sum(1))
+
+    p = text_binding_probe(tok, Bigram())
+    assert p["second_noun_accuracy"] > 0.95 and p["first_noun_accuracy"] > 0.95
