@@ -10,4 +10,4 @@ cfg, ev = snakemake.params.sampling, snakemake.params.evaluation
 bb = load_run_backbone(snakemake.params.run, snakemake.input)
 files = {Path(f).stem.removesuffix("_val"): f for f in snakemake.input.prompts}
 compbench_folder(bb, files, snakemake.output.images, ev["images_per_prompt"], ev["seed"], cfg["steps"],
-                 cfg["guidance_scale"])
+                 cfg["guidance_scale"], solver=cfg["solver"])

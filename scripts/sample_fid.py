@@ -11,4 +11,5 @@ n = ev["fid"]["n_samples"]
 if n > len(captions):
     raise ValueError(f"evaluation.fid.n_samples={n} exceeds the {len(captions)} reference captions")
 bb = load_run_backbone(snakemake.params.run, snakemake.input)
-caption_folder(bb, captions[:n], snakemake.output.images, ev["seed"], cfg["steps"], cfg["guidance_scale"])
+caption_folder(bb, captions[:n], snakemake.output.images, ev["seed"], cfg["steps"], cfg["guidance_scale"],
+               solver=cfg["solver"])

@@ -104,3 +104,37 @@ def test_caption_folder_resumes_a_killed_job_only_for_the_same_model(mini_backbo
     calls.clear()
     caption_folder(bb, captions, tmp_path / "fid2", model_fn=counting, resume_key="model-b", **kw)
     assert len(calls) == 3 * 3
+
+
+@pytest.mark.parametrize("arch, objective", [("unet", "eps"), ("mmdit", "flow")])
+@pytest.mark.parametrize("solver", ["first_order", "dpmsolver++", "unipc"])
+def test_every_solver_lands_on_the_data_point_an_oracle_denoises_to(mini_backbone, monkeypatch, arch, objective,
+                                                                     solver):
+    """With data at one point x0, the exact prediction is known in closed form; a correct solver
+    (any order, few steps) must end at x0."""
+    import tsmflow.sampling.sample as S
+
+    monkeypatch.setattr(S, "decode", lambda bb, x: x.float().numpy())  # keep the final latents
+    bb = mini_backbone(arch, objective)
+    x0 = 0.5 * torch.randn(1, *bb.latent_shape, generator=torch.Generator().manual_seed(3))
+
+    def oracle(x, t, cond):
+        if objective == "flow":
+            sigma = (t.float() / bb.num_train_timesteps).view(-1, 1, 1, 1)
+            return (x - x0) / sigma  # velocity noise - x0 of x_t = (1 - sigma) x0 + sigma noise
+        ab = bb.noise_scheduler.alphas_cumprod[t.long()].view(-1, 1, 1, 1)
+        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    got = generate(bb, ["a red circle"] * 2, [0, 1], steps=6, guidance_scale=3.0, model_fn=oracle,
+                   progress=False, solver=solver)
+    err = np.abs(got - x0.numpy()).max()
+    if objective == "eps" and solver == "first_order":
+        # DDIM without set_alpha_to_one stops at t=0, leaving sqrt(1 - alpha_bar_0) of the noise
+        assert err <= 5 * float((1 - bb.noise_scheduler.alphas_cumprod[0]).sqrt())
+    else:  # 1e-2: the multistep flow solvers round timesteps to integers, the oracle reads sigma from them
+        assert err <= 1e-2
+
+
+def test_unknown_solver_is_named(mini_backbone):
+    with pytest.raises(ValueError, match="euler_a"):
+        generate(mini_backbone("unet"), ["a red circle"], [0], steps=2, progress=False, solver="euler_a")

@@ -1,4 +1,7 @@
-"""Text-to-image sampling with classifier-free guidance: DDIM for eps/v models, Euler for flow.
+"""Text-to-image sampling with classifier-free guidance.
+
+Solvers (`SOLVERS`), all diffusers schedulers: `first_order` is DDIM for eps/v models and
+Euler for flow; `dpmsolver++` (2nd-order multistep) and `unipc` serve both, flow included.
 
 Each image's initial noise comes from its own seed, so an image depends only on
 (prompt, seed, model), never on batch size or order. `model_fn` lets adapters
@@ -10,18 +13,31 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                       UniPCMultistepScheduler)
 from tqdm.auto import tqdm
 
 from ..models.backbone import Backbone, cat_cond, repeat_cond
 
 
-def inference_scheduler(backbone: Backbone):
+SOLVERS = ("first_order", "dpmsolver++", "unipc")
+MULTISTEP = {"dpmsolver++": DPMSolverMultistepScheduler, "unipc": UniPCMultistepScheduler}
+
+
+def inference_scheduler(backbone: Backbone, solver: str = "first_order"):
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+    train_cfg = backbone.noise_scheduler.config
+    if solver != "first_order":
+        cls = MULTISTEP[solver]
+        if backbone.objective == "flow":
+            return cls(num_train_timesteps=train_cfg.num_train_timesteps, use_flow_sigmas=True,
+                       prediction_type="flow_prediction", flow_shift=getattr(train_cfg, "shift", 1.0))
+        return cls.from_config(train_cfg, timestep_spacing="trailing")
     if backbone.objective == "flow":
-        return FlowMatchEulerDiscreteScheduler.from_config(backbone.noise_scheduler.config)
+        return FlowMatchEulerDiscreteScheduler.from_config(train_cfg)
     # "trailing" spacing reaches t=T-1, so the first step sees pure noise like training did
-    return DDIMScheduler.from_config(backbone.noise_scheduler.config, timestep_spacing="trailing",
-                                     clip_sample=False, set_alpha_to_one=False)
+    return DDIMScheduler.from_config(train_cfg, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False)
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
@@ -39,7 +55,8 @@ def decode(backbone: Backbone, latents: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: int = 25,
              guidance_scale: float = 5.0, batch_size: int = 64,
-             model_fn: Callable | None = None, progress: bool = True, desc: str = "sampling") -> np.ndarray:
+             model_fn: Callable | None = None, progress: bool = True, desc: str = "sampling",
+             solver: str = "first_order") -> np.ndarray:
     """Generate one image per (prompt, seed); returns uint8 (N, H, W, 3)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -54,7 +71,7 @@ def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: in
         p, s = prompts[i:i + batch_size], seeds[i:i + batch_size]
         n = len(p)
         cond = None if per_step else cat_cond(repeat_cond(uncond, n), backbone.encode(p))
-        sched = inference_scheduler(backbone)
+        sched = inference_scheduler(backbone, solver)
         sched.set_timesteps(steps, device=device)
         # flow-matching schedulers start at unit noise and take unscaled inputs
         x = initial_noise(s, backbone.latent_shape).to(device, dtype) * getattr(sched, "init_noise_sigma", 1.0)
