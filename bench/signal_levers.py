@@ -1,0 +1,113 @@
+"""Levers the signal ladder points at, each measured on rungs 3, 4 and 4b (see signal_ladder.py).
+
+A variant is either a sampler setting on an existing base model, or a denoiser pre-trained with
+config overrides from the cached latents of a run (same data, VAE, text encoder and evaluator):
+    .venv/bin/python bench/signal_levers.py --name unet_g7.5 --sampling '{"guidance_scale": 7.5}'
+    .venv/bin/python bench/signal_levers.py --name unet_lpb2 --train '{"arch": {"layers_per_block": 2},
+        "train": {"steps": 1860}}'
+Records go to bench/results/signal_levers.json (a rerun replaces only its own name); the markdown
+beside it is rewritten from all of them. Variant models live in results/levers/<name>/, not in the DAG.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from signal_ladder import BINDING_CATEGORIES, ROOT, backbone_rungs, fmt
+from tsmflow.data.grammar import CATEGORIES
+from tsmflow.data.io import read_prompts, write_json
+from tsmflow.evaluation.evaluator import ATTRS, load_evaluator
+from tsmflow.evaluation.signal import BINDING_OUTCOMES
+from tsmflow.models.backbone import load_mini_backbone
+from tsmflow.training.pretrain import pretrain_denoiser
+
+OUT = ROOT / "bench/results/signal_levers"
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def markdown(records: dict) -> str:
+    lines = ["# Signal levers", "",
+             "Changes the signal ladder points at, each on rungs 3 (single objects), 4 (CompBench-mini, strict "
+             "score) and 4b (why two-object prompts fail). Made by `bench/signal_levers.py` (its docstring has "
+             "the commands). The baselines are the ladder's own rows (`bench/results/signal_ladder.md`). "
+             "± is one prompt-clustered standard error.", "",
+             "| variant | backbone | change | pre-training wall s | sampling wall s | " + " | ".join(ATTRS)
+             + " (rung 3) | " + " | ".join(CATEGORIES) + " | mean | images |", "|" + "---|" * (7 + len(ATTRS) + len(CATEGORIES))]
+    for name, r in records.items():
+        cb = r["rungs"]["compbench"]["product"]
+        so = r["rungs"]["single_object"]
+        lines.append(f"| {name} | {r['backbone']} | `{json.dumps(r['change'])}` | "
+                     f"{r['pretrain_wall_s']:.0f} | {r['rungs']['wall_s']:.0f} | "
+                     + " | ".join(fmt(so[a], True) for a in ATTRS) + " | "
+                     + " | ".join(fmt(cb[c]) for c in CATEGORIES) + f" | {fmt(cb['mean'])} | {cb['mean']['n_images']} |")
+    lines += ["", "Rung 4b (% of contested phrase attributes; see the ladder for the definitions):", "",
+              "| variant | category | " + " | ".join(BINDING_OUTCOMES) + " | all nouns found |", "|" + "---|" * 7]
+    for name, r in records.items():
+        for cat in BINDING_CATEGORIES:
+            w = r["rungs"]["binding"][cat]
+            lines.append(f"| {name} | {cat} | " + " | ".join(f"{100 * w[o]:.1f}" for o in BINDING_OUTCOMES)
+                         + f" | {100 * w['all_nouns_found']:.0f} |")
+    lines += ["", "Runs: " + "; ".join(f"{n} at {r['commit']} ({r['machine']}, {r['threads']} threads)"
+                                       for n, r in records.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--backbone", default="unet")
+    ap.add_argument("--config", default="config/config.yaml")
+    ap.add_argument("--results", default="results")
+    ap.add_argument("--train", default=None, help="JSON overrides of backbones.<backbone>: pre-train a variant")
+    ap.add_argument("--sampling", default="{}", help="JSON overrides of the sampling block")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = yaml.safe_load((ROOT / args.config).read_text())
+    res = ROOT / args.results
+    sampling = json.loads(args.sampling)
+    cfg["sampling"] = merge(cfg["sampling"], sampling)
+    model, t_pre = res / "models/base" / args.backbone, 0.0
+    change = {"sampling": sampling} if sampling else {}
+    if args.train:
+        over = json.loads(args.train)
+        change["train"] = over
+        model = res / "levers" / args.name
+        if not (model / "config.json").is_file():
+            t0 = time.perf_counter()
+            pretrain_denoiser(args.backbone, merge(cfg["backbones"][args.backbone], over),
+                              res / "data/train_latents.safetensors", res / "data/train/labels.jsonl",
+                              res / "models/vae", res / "models/text_encoder", model)
+            t_pre = time.perf_counter() - t0
+    evaluator = load_evaluator(res / "models/evaluator")
+    prompts = {c: read_prompts(res / f"data/compbench/{c}_val.txt") for c in CATEGORIES}
+    bb = load_mini_backbone(args.backbone, model, res / "models/vae", res / "models/text_encoder")
+    rungs = backbone_rungs(bb, evaluator, cfg, prompts, 8, cfg["evaluation"]["images_per_prompt"])
+    path = OUT.with_suffix(".json")
+    records = json.loads(path.read_text()) if path.is_file() else {}
+    records[args.name] = {
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=ROOT).stdout.strip(),
+        "machine": f"{platform.machine()} CPU, no GPU", "threads": args.threads, "backbone": args.backbone,
+        "change": change, "pretrain_wall_s": t_pre, "rungs": rungs}
+    write_json(path, records)
+    OUT.with_suffix(".md").write_text(markdown(records))
+    print(markdown({args.name: records[args.name]}))
+
+
+if __name__ == "__main__":
+    main()
