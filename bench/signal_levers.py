@@ -45,13 +45,15 @@ def markdown(records: dict) -> str:
              "score) and 4b (why two-object prompts fail). Made by `bench/signal_levers.py` (its docstring has "
              "the commands). The baselines are the ladder's own rows (`bench/results/signal_ladder.md`). "
              "± is one prompt-clustered standard error.", "",
-             "| variant | backbone | change | pre-training wall s | sampling wall s | " + " | ".join(ATTRS)
-             + " (rung 3) | " + " | ".join(CATEGORIES) + " | mean | images |", "|" + "---|" * (7 + len(ATTRS) + len(CATEGORIES))]
+             "| variant | backbone | change | pre-training wall s | sampling wall s | "
+             + " | ".join(f"3: {a}" for a in ATTRS) + " | " + " | ".join(f"4: {c}" for c in CATEGORIES)
+             + " | 4: mean | images |", "|" + "---|" * (7 + len(ATTRS) + len(CATEGORIES))]
     for name, r in records.items():
         cb = r["rungs"]["compbench"]["product"]
         so = r["rungs"]["single_object"]
         lines.append(f"| {name} | {r['backbone']} | `{json.dumps(r['change'])}` | "
-                     f"{r['pretrain_wall_s']:.0f} | {r['rungs']['wall_s']:.0f} | "
+                     + (f"{r['pretrain_wall_s']:.0f}" if "train" in r["change"] else "-")
+                     + f" | {r['rungs']['wall_s']:.0f} | "
                      + " | ".join(fmt(so[a], True) for a in ATTRS) + " | "
                      + " | ".join(fmt(cb[c]) for c in CATEGORIES) + f" | {fmt(cb['mean'])} | {cb['mean']['n_images']} |")
     lines += ["", "Rung 4b (% of contested phrase attributes; see the ladder for the definitions):", "",
@@ -68,7 +70,8 @@ def markdown(records: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--name", required=True)
+    ap.add_argument("--name", help="the variant's record name (required unless --markdown-only)")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite the markdown from the stored records")
     ap.add_argument("--backbone", default="unet")
     ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--results", default="results")
@@ -76,6 +79,12 @@ def main() -> None:
     ap.add_argument("--sampling", default="{}", help="JSON overrides of the sampling block")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    path = OUT.with_suffix(".json")
+    if args.markdown_only:
+        OUT.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
+        return
+    if not args.name:
+        ap.error("--name is required")
     torch.set_num_threads(args.threads)
     cfg = yaml.safe_load((ROOT / args.config).read_text())
     res = ROOT / args.results
@@ -97,7 +106,6 @@ def main() -> None:
     prompts = {c: read_prompts(res / f"data/compbench/{c}_val.txt") for c in CATEGORIES}
     bb = load_mini_backbone(args.backbone, model, res / "models/vae", res / "models/text_encoder")
     rungs = backbone_rungs(bb, evaluator, cfg, prompts, 8, cfg["evaluation"]["images_per_prompt"])
-    path = OUT.with_suffix(".json")
     records = json.loads(path.read_text()) if path.is_file() else {}
     records[args.name] = {
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
