@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 import yaml
 
-from tsmflow.data.grammar import CATEGORIES
+from tsmflow.data.grammar import CATEGORIES, parse
 from tsmflow.data.io import read_prompts, write_json
-from tsmflow.evaluation.compbench import score_images
-from tsmflow.evaluation.evaluator import ATTRS, DEFAULT_N_OBJECTS_P, load_evaluator, render_scenes
+from tsmflow.evaluation.compbench import score_spec
+from tsmflow.evaluation.evaluator import ATTRS, DEFAULT_N_OBJECTS_P, detect, load_evaluator, render_scenes
 from tsmflow.evaluation.fid import folder_features, load_stats
 from tsmflow.evaluation.signal import (BINDING_OUTCOMES, binding_summary, bootstrap_fid, category_summary,
                                        image_statistics, paired_effect, single_object_prompts, single_object_summary,
@@ -71,22 +71,23 @@ def backbone_rungs(bb, evaluator, cfg, prompts, n_single: int, n_per_prompt: int
                     solver=s.get("solver", "first_order"))
     single = single_object_summary(single_object_table(evaluator, imgs, items))
     stats = image_statistics(imgs)
-    rows, bind_imgs, bind_prompts, bind_cats = [], [], [], []
+    rows, bind_dets, bind_prompts, bind_cats = [], [], [], []
     for cat in CATEGORIES:
         jobs = [(p, i) for p in prompts[cat] for i in range(n_per_prompt)]
         x = generate(bb, [p for p, _ in jobs], [ev["seed"] + i for _, i in jobs], s["steps"], s["guidance_scale"],
                      solver=s.get("solver", "first_order"),
                      progress=False)
+        dets = detect(evaluator, x)  # once: both scores and the binding diagnosis read them
         for binding in ("product", "mean"):
-            sc = score_images(evaluator, x, [p for p, _ in jobs], cat, binding=binding)
-            rows += [{"category": cat, "prompt": p, "binding": binding, "score": 100 * v} for (p, _), v in zip(jobs, sc)]
+            rows += [{"category": cat, "prompt": p, "binding": binding,
+                      "score": 100 * score_spec(parse(p), d, cat, binding)} for (p, _), d in zip(jobs, dets)]
         if cat in BINDING_CATEGORIES:
-            bind_imgs.append(x)
+            bind_dets += dets
             bind_prompts += [p for p, _ in jobs]
             bind_cats += [cat] * len(jobs)
     df = pd.DataFrame(rows)
     cats = {b: category_summary(df[df["binding"] == b]) for b in ("product", "mean")}
-    why = binding_summary(evaluator, np.concatenate(bind_imgs), bind_prompts, bind_cats)
+    why = binding_summary(bind_dets, bind_prompts, bind_cats)
     return {"single_object": single, "sample_image_stats": stats, "compbench": cats, "binding": why,
             "n_single_per_prompt": n_single, "images_per_prompt": n_per_prompt, "wall_s": time.perf_counter() - t0}
 

@@ -171,14 +171,14 @@ def binding_outcomes(spec: G.PromptSpec, detections: list[dict]) -> list[dict]:
     return rows
 
 
-def binding_summary(model, images: np.ndarray, prompts: list[str], categories: list[str]) -> dict:
+def binding_summary(detections: list[list[dict]], prompts: list[str], categories: list[str]) -> dict:
     """Per category: shares of phrase-attribute outcomes (see binding_outcomes), over contested
     phrases only (another phrase states a different value, so leakage is possible), the share of
     images where every phrase's noun was found, and the swapped share a chance guess would give."""
-    if not len(images) == len(prompts) == len(categories):
-        raise ValueError(f"{len(images)} images, {len(prompts)} prompts, {len(categories)} categories")
+    if not len(detections) == len(prompts) == len(categories):
+        raise ValueError(f"{len(detections)} images, {len(prompts)} prompts, {len(categories)} categories")
     rows = []
-    for k, (prompt, cat, dets) in enumerate(zip(prompts, categories, detect(model, images))):
+    for k, (prompt, cat, dets) in enumerate(zip(prompts, categories, detections)):
         spec = G.parse(prompt)
         found = all(any(argmax_label(d, "shape") == o["shape"] for d in dets) for o in spec.objects)
         rows += [{"image": k, "category": cat, "all_nouns": found, "n_detections": len(dets), **r}
