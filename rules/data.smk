@@ -47,6 +47,8 @@ rule data_coverage:
         prompts=list(get_compbench_files().values()),
     output:
         report(f"{RESULTS}/data/coverage.md", caption="../report/coverage.rst", category="Data"),
+    params:
+        rare_pairs=config["data"]["rare_pairs"],
     log:
         get_log("data_coverage"),
     threads: 1

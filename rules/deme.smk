@@ -36,6 +36,8 @@ rule deme_merge_search:
         n_final=config["evaluation"]["fid"]["n_samples"],
         guidance_scale=config["sampling"]["guidance_scale"],
         require_validated=config["evaluation"]["require_validated_evaluator"],
+        feature_space=config["evaluation"]["fid"]["feature_space"],
+        arch=lambda wc: config["deme_sets"][wc.deme_set]["backbone"],
     log:
         get_log("deme_merge_search", "{deme_set}"),
     benchmark:
@@ -88,6 +90,7 @@ rule plot_deme_sensitivity:
     params:
         decl=lambda wc: config["tables"][wc.table],
         deme_sets=DEME_SETS,
+        runs=lambda wc: {r["run"]: config["runs"][r["run"]] for r in config["tables"][wc.table]["rows"]},
     log:
         get_log("plot_deme_sensitivity", "{table}"),
     threads: 1

@@ -68,6 +68,8 @@ rule plot_dmp_activation:
             subcategory="DMP",
             labels={"finetune": "{finetune}", "plot": "prompt activation"},
         ),
+    params:
+        arch=lambda wc: config["finetunes"][wc.finetune]["backbone"],
     log:
         get_log("plot_dmp_activation", "{finetune}"),
     threads: 1

@@ -6,5 +6,5 @@ from tsmflow.workflow import setup
 
 setup(snakemake)
 prompts = {Path(p).name: read_prompts(p) for p in snakemake.input.prompts}
-text = coverage_report(read_labels(f"{snakemake.input.data}/labels.jsonl"), prompts, snakemake.config["data"]["rare_pairs"])
+text = coverage_report(read_labels(f"{snakemake.input.data}/labels.jsonl"), prompts, snakemake.params.rare_pairs)
 write_lines(snakemake.output[0], text.splitlines())

@@ -8,13 +8,12 @@ from tsmflow.workflow import setup
 
 setup(snakemake)
 i, p = snakemake.input, snakemake.params
-space = snakemake.config["evaluation"]["fid"]["feature_space"]
+space = p.feature_space
 if space not in ("shapes", "patch"):
     raise ValueError(f"evaluation.fid.feature_space={space!r}: the merge search scores candidates with the "
                      "evaluator's features (shapes or patch)")
 check_validated(i.validation, p.require_validated)
-arch = snakemake.config["deme_sets"][snakemake.wildcards.deme_set]["backbone"]
-bb = load_mini_backbone(arch, i.model, i.vae, i.text_encoder)
+bb = load_mini_backbone(p.arch, i.model, i.vae, i.text_encoder)
 captions = [r["caption"] for r in read_labels(f"{i.reference}/labels.jsonl")]
 print(merge_search(bb, i.ranges, p.search, p.guidance_scale, captions, p.n_final, load_evaluator(i.evaluator),
                    i.reference_stats, snakemake.output.model, feature_space=space))

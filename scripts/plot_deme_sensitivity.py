@@ -5,7 +5,7 @@ from tsmflow.workflow import setup
 
 setup(snakemake)
 metrics = load_run_metrics(dict(snakemake.input.items()))
-runs, sets = snakemake.config["runs"], snakemake.params.deme_sets
+runs, sets = snakemake.params.runs, snakemake.params.deme_sets
 points, base = [], None
 for row in snakemake.params.decl["rows"]:
     run = row["run"]

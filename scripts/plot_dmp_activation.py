@@ -10,7 +10,7 @@ from tsmflow.workflow import setup
 
 setup(snakemake)
 i = snakemake.input
-arch = snakemake.config["finetunes"][snakemake.wildcards.finetune]["backbone"]
+arch = snakemake.params.arch
 bb = load_mini_backbone(arch, i.model, i.vae, i.text_encoder)
 dmp = load_dmp(bb, i.dmp)
 prompts = [p for f in i.prompts for p in read_prompts(f)]
