@@ -177,6 +177,8 @@ rule run_metrics:
         unpack(get_run_metric_inputs),
     output:
         metrics=get_run_path("{run}", "metrics.json"),
+    params:
+        run=lambda wc: RUNS[wc.run],
     log:
         get_log("run_metrics", "{run}"),
     threads: 1

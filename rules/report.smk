@@ -86,6 +86,9 @@ rule run_sample_grid:
             category="Sample grids",
             labels={"run": "{run}"},
         ),
+    params:
+        prompts_per_category=config["sampling"]["grid_prompts_per_category"],
+        seeds=config["sampling"]["grid_seeds"],
     log:
         get_log("run_sample_grid", "{run}"),
     threads: 1

@@ -16,8 +16,8 @@ if "scores" in snakemake.input.keys():
     metrics.update({f"n_images_{cat}": int(len(g)) for cat, g in scores.groupby("category")})
     validated = validated and bool(scores["evaluator_validated"].all())
 metrics.update(evaluator_validated=validated, fid=fid["fid"], fid_n_samples=fid["n_samples"], fid_feature_space=fid["feature_space"],
-               run=snakemake.wildcards.run, **{f"config_{k}": v for k, v in snakemake.config["runs"][snakemake.wildcards.run].items()})
-metrics.update(trainable_summary(snakemake.config["runs"][snakemake.wildcards.run],
+               run=snakemake.wildcards.run, **{f"config_{k}": v for k, v in snakemake.params.run.items()})
+metrics.update(trainable_summary(snakemake.params.run,
                                  [read_json(f"{d}/stats.json") for d in snakemake.input.trained]))
 write_json(snakemake.output.metrics, metrics)
 print(metrics)

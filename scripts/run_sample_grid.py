@@ -7,12 +7,12 @@ from tsmflow.reporting.plots import sample_grid
 from tsmflow.workflow import setup
 
 setup(snakemake)
-cfg = snakemake.config["sampling"]
+n_prompts, n_seeds = snakemake.params.prompts_per_category, snakemake.params.seeds
 scores = pd.read_csv(snakemake.input.scores)
-n_cols = min(cfg["grid_seeds"], int(scores["idx"].max()) + 1)
+n_cols = min(n_seeds, int(scores["idx"].max()) + 1)
 labels, images = [], []
 for cat, g in scores.groupby("category", sort=False):
-    for prompt in list(dict.fromkeys(g["prompt"]))[: cfg["grid_prompts_per_category"]]:
+    for prompt in list(dict.fromkeys(g["prompt"]))[:n_prompts]:
         rows = g[g["prompt"] == prompt].sort_values("idx").head(n_cols)
         labels.append(f"[{cat}] {prompt}  (scores: {', '.join(f'{s:.0f}' for s in rows['score'])})")
         images += [load_image(f"{snakemake.input.images}/{f}") for f in rows["file"]]

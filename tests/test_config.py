@@ -104,3 +104,9 @@ def test_experts_of_a_set_are_separate_jobs(snakemake_bin, root, tmp_path):
     r = dry_run(snakemake_bin, root, tmp_path, lambda c: None)
     for i in range(2):  # smoke's core set has n=2: one train_expert job per interval
         assert f"results/experts/unet-gors-n2-r2-s2/expert{i}" in r.stdout
+
+
+def test_scripts_read_rule_params_not_the_config(root):
+    # a key a script reads from snakemake.config is invisible to Snakemake's params rerun trigger
+    offenders = [p.name for p in sorted((root / "scripts").glob("*.py")) if "snakemake.config" in p.read_text()]
+    assert not offenders, f"scripts reading snakemake.config instead of rule params: {offenders}"
