@@ -43,7 +43,9 @@ def script_imports(path: Path) -> str:
 
 
 def job_counts(configfile: str) -> dict[str, int]:
-    r = subprocess.run([str(ROOT / ".venv/bin/snakemake"), "-n", "--quiet", "rules", "--configfile", configfile,
+    """Jobs per rule in the whole DAG of `configfile` (--forceall: whatever results/ holds already)."""
+    r = subprocess.run([str(ROOT / ".venv/bin/snakemake"), "-n", "--forceall", "--quiet", "rules",
+                        "--configfile", configfile,
                         "--directory", str(ROOT)], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     counts = {}

@@ -234,13 +234,6 @@ def run_evaluations(run):
     return RUNS[run].get("evaluate", ["compbench", "fid"])
 
 
-def get_run_metric_inputs(wildcards):
-    inputs = {"fid": get_run_path(wildcards.run, "fid.json"), "trained": get_run_trained_dirs(wildcards)}
-    if "compbench" in run_evaluations(wildcards.run):
-        inputs["scores"] = get_run_path(wildcards.run, "compbench_scores.csv")
-    return inputs
-
-
 def get_fid_reference():
     return f"{RESULTS}/evaluator/fid_reference_{config['evaluation']['fid']['feature_space']}.npz"
 

@@ -31,6 +31,8 @@ rule make_compbench_prompts:
         data=config["data"],
     log:
         get_log("make_compbench_prompts"),
+    benchmark:
+        get_benchmark("make_compbench_prompts")
     threads: 1
     resources:
         mem_mb=1000,
@@ -51,6 +53,8 @@ rule data_coverage:
         rare_pairs=config["data"]["rare_pairs"],
     log:
         get_log("data_coverage"),
+    benchmark:
+        get_benchmark("data_coverage")
     threads: 1
     resources:
         mem_mb=2000,

@@ -66,6 +66,8 @@ rule plot_deme_cosine:
         ),
     log:
         get_log("plot_deme_cosine", "{deme_set}"),
+    benchmark:
+        get_benchmark("plot_deme_cosine", "{deme_set}")
     threads: 1
     resources:
         mem_mb=1000,
@@ -93,6 +95,8 @@ rule plot_deme_sensitivity:
         runs=lambda wc: {r["run"]: config["runs"][r["run"]] for r in config["tables"][wc.table]["rows"]},
     log:
         get_log("plot_deme_sensitivity", "{table}"),
+    benchmark:
+        get_benchmark("plot_deme_sensitivity", "{table}")
     threads: 1
     resources:
         mem_mb=1000,

@@ -72,6 +72,8 @@ rule plot_dmp_activation:
         arch=lambda wc: config["finetunes"][wc.finetune]["backbone"],
     log:
         get_log("plot_dmp_activation", "{finetune}"),
+    benchmark:
+        get_benchmark("plot_dmp_activation", "{finetune}")
     threads: 1
     resources:
         mem_mb=2000,
@@ -99,6 +101,8 @@ rule plot_fid_vs_steps:
         finetunes=FINETUNES,
     log:
         get_log("plot_fid_vs_steps", "{table}"),
+    benchmark:
+        get_benchmark("plot_fid_vs_steps", "{table}")
     threads: 1
     resources:
         mem_mb=1000,

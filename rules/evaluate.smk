@@ -45,6 +45,8 @@ rule validate_evaluator:
         status=f"{RESULTS}/evaluator/validation.json",
     log:
         get_log("validate_evaluator"),
+    benchmark:
+        get_benchmark("validate_evaluator")
     threads: 2
     resources:
         mem_mb=4000,
@@ -63,6 +65,8 @@ rule fid_reference_stats:
         stats=f"{RESULTS}/evaluator/fid_reference_{{feature_space}}.npz",
     log:
         get_log("fid_reference_stats", "{feature_space}"),
+    benchmark:
+        get_benchmark("fid_reference_stats", "{feature_space}")
     threads: 2
     resources:
         mem_mb=4000,
@@ -73,119 +77,74 @@ rule fid_reference_stats:
         "../scripts/fid_reference_stats.py"
 
 
-rule sample_compbench:
+# One job per run (sampling, scoring, FID, metrics.json): the run's model and the evaluator load once, and a
+# run pays one interpreter start instead of five (bench/results/job_overhead.md). FID-only runs
+# (`evaluate: [fid]`) get the second rule, whose params leave out what CompBench-mini sampling uses.
+def run_sampling_params():
+    return {k: config["sampling"][k] for k in ("solver", "steps", "guidance_scale")}
+
+
+def runs_regex(runs):
+    return "|".join(map(re.escape, runs)) or "(?!)"
+
+
+def get_run_eval_inputs(wildcards):
+    inputs = {**get_run_model_inputs(wildcards), "trained": get_run_trained_dirs(wildcards),
+              "reference": get_split_dir("reference"), "fid_reference": get_fid_reference(),
+              "evaluator": get_model_dir("evaluator"), "validation": rules.validate_evaluator.output.status}
+    if "compbench" in run_evaluations(wildcards.run):
+        inputs["prompts"] = [f for k, f in get_compbench_files().items() if k.endswith("_val")]
+    return inputs
+
+
+rule evaluate_run:
     input:
-        unpack(get_run_model_inputs),
-        prompts=[f for k, f in get_compbench_files().items() if k.endswith("_val")],
+        unpack(get_run_eval_inputs),
     output:
-        images=directory(get_run_path("{run}", "compbench")),
-    params:
-        run=lambda wc: RUNS[wc.run],
-        sampling=config["sampling"],
-        evaluation=config["evaluation"],
-    log:
-        get_log("sample_compbench", "{run}"),
-    benchmark:
-        get_benchmark("sample_compbench", "{run}")
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        **gpu_resources(),
-    conda:
-        "../envs/workflow.yaml"
-    script:
-        "../scripts/sample_compbench.py"
-
-
-rule sample_fid:
-    input:
-        unpack(get_run_model_inputs),
-        reference=get_split_dir("reference"),
-    output:
-        images=directory(get_run_path("{run}", "fid_samples")),
-    params:
-        run=lambda wc: RUNS[wc.run],
-        sampling=config["sampling"],
-        evaluation=config["evaluation"],
-    log:
-        get_log("sample_fid", "{run}"),
-    benchmark:
-        get_benchmark("sample_fid", "{run}")
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        **gpu_resources(),
-    conda:
-        "../envs/workflow.yaml"
-    script:
-        "../scripts/sample_fid.py"
-
-
-rule score_compbench:
-    input:
-        images=get_run_path("{run}", "compbench"),
-        model=get_model_dir("evaluator"),
-        validation=rules.validate_evaluator.output.status,
-    output:
+        compbench=directory(get_run_path("{run}", "compbench")),
         scores=get_run_path("{run}", "compbench_scores.csv"),
+        fid_samples=directory(get_run_path("{run}", "fid_samples")),
+        fid=get_run_path("{run}", "fid.json"),
+        metrics=get_run_path("{run}", "metrics.json"),
+    wildcard_constraints:
+        run=runs_regex([r for r in RUNS if "compbench" in run_evaluations(r)]),
     params:
+        run=lambda wc: RUNS[wc.run],
+        sampling=run_sampling_params(),
+        images_per_prompt=config["evaluation"]["images_per_prompt"],
+        seed=config["evaluation"]["seed"],
+        fid=config["evaluation"]["fid"],
         resolution=config["resolution"],
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
-        get_log("score_compbench", "{run}"),
+        get_log("evaluate_run", "{run}"),
     benchmark:
-        get_benchmark("score_compbench", "{run}")
+        get_benchmark("evaluate_run", "{run}")
     threads: 2
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=90,
+        **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
     script:
-        "../scripts/score_compbench.py"
+        "../scripts/evaluate_run.py"
 
 
-rule compute_fid:
-    input:
-        images=get_run_path("{run}", "fid_samples"),
-        model=get_model_dir("evaluator"),
-        validation=rules.validate_evaluator.output.status,
-        reference=get_fid_reference(),
+use rule evaluate_run as evaluate_run_fid with:
     output:
+        fid_samples=directory(get_run_path("{run}", "fid_samples")),
         fid=get_run_path("{run}", "fid.json"),
-    params:
-        feature_space=config["evaluation"]["fid"]["feature_space"],
-        require_validated=config["evaluation"]["require_validated_evaluator"],
-    log:
-        get_log("compute_fid", "{run}"),
-    benchmark:
-        get_benchmark("compute_fid", "{run}")
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/workflow.yaml"
-    script:
-        "../scripts/compute_fid.py"
-
-
-rule run_metrics:
-    input:
-        unpack(get_run_metric_inputs),
-    output:
         metrics=get_run_path("{run}", "metrics.json"),
+    wildcard_constraints:
+        run=runs_regex([r for r in RUNS if "compbench" not in run_evaluations(r)]),
     params:
         run=lambda wc: RUNS[wc.run],
+        sampling=run_sampling_params(),
+        seed=config["evaluation"]["seed"],
+        fid=config["evaluation"]["fid"],
+        require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
-        get_log("run_metrics", "{run}"),
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        "../envs/workflow.yaml"
-    script:
-        "../scripts/run_metrics.py"
+        get_log("evaluate_run_fid", "{run}"),
+    benchmark:
+        get_benchmark("evaluate_run_fid", "{run}")

@@ -32,6 +32,8 @@ rule real_coco_reference:
         fid=config["fid"],
     log:
         get_log("real_coco_reference"),
+    benchmark:
+        get_benchmark("real_coco_reference")
     threads: 4
     resources:
         mem_mb=8000,
@@ -49,6 +51,8 @@ rule real_fid_reference_stats:
         stats=get_coco_reference_stats(),
     log:
         get_log("real_fid_reference_stats"),
+    benchmark:
+        get_benchmark("real_fid_reference_stats")
     threads: 8
     resources:
         mem_mb=32000,
@@ -138,6 +142,8 @@ rule real_compute_fid:
         fid=get_run_path("{run}", "fid.json"),
     log:
         get_log("real_compute_fid", "{run}"),
+    benchmark:
+        get_benchmark("real_compute_fid", "{run}")
     threads: 8
     resources:
         mem_mb=32000,
@@ -165,6 +171,8 @@ rule real_table:
         trained={r: get_run_trained_dirs(r) for r in RUNS},
     log:
         get_log("real_table"),
+    benchmark:
+        get_benchmark("real_table")
     threads: 1
     resources:
         mem_mb=1000,

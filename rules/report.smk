@@ -17,6 +17,8 @@ rule make_table:
         decl=lambda wc: config["tables"][wc.table],
     log:
         get_log("make_table", "{table}"),
+    benchmark:
+        get_benchmark("make_table", "{table}")
     threads: 1
     resources:
         mem_mb=1000,
@@ -41,6 +43,8 @@ rule plot_table_categories:
         decl=lambda wc: config["tables"][wc.table],
     log:
         get_log("plot_table_categories", "{table}"),
+    benchmark:
+        get_benchmark("plot_table_categories", "{table}")
     threads: 1
     resources:
         mem_mb=1000,
@@ -65,6 +69,8 @@ rule plot_table_fid:
         decl=lambda wc: config["tables"][wc.table],
     log:
         get_log("plot_table_fid", "{table}"),
+    benchmark:
+        get_benchmark("plot_table_fid", "{table}")
     threads: 1
     resources:
         mem_mb=1000,
@@ -91,6 +97,8 @@ rule run_sample_grid:
         seeds=config["sampling"]["grid_seeds"],
     log:
         get_log("run_sample_grid", "{run}"),
+    benchmark:
+        get_benchmark("run_sample_grid", "{run}")
     threads: 1
     resources:
         mem_mb=1000,
@@ -115,6 +123,8 @@ rule plot_score_vs_n:
         decl=lambda wc: config["tables"][wc.table],
     log:
         get_log("plot_score_vs_n", "{table}"),
+    benchmark:
+        get_benchmark("plot_score_vs_n", "{table}")
     threads: 1
     resources:
         mem_mb=1000,
@@ -143,6 +153,8 @@ rule plot_router_gates:
         sampling=config["sampling"],
     log:
         get_log("plot_router_gates", "{run}"),
+    benchmark:
+        get_benchmark("plot_router_gates", "{run}")
     threads: 2
     resources:
         mem_mb=4000,

@@ -10,6 +10,8 @@ rule plot_training_curves:
         report(f"{RESULTS}/plots/training_curves.png", caption="../report/training_curves.rst", category="Foundation"),
     log:
         get_log("plot_training_curves"),
+    benchmark:
+        get_benchmark("plot_training_curves")
     threads: 1
     resources:
         mem_mb=2000,
@@ -33,6 +35,8 @@ rule foundation_summary:
         benchmarks=f"{RESULTS}/benchmarks",
     log:
         get_log("foundation_summary"),
+    benchmark:
+        get_benchmark("foundation_summary")
     threads: 1
     resources:
         mem_mb=1000,

@@ -40,6 +40,8 @@ rule encode_prompt_images:
         latents=get_task_data("gors", "{backbone}")["latents"],
     log:
         get_log("encode_prompt_images", "{backbone}"),
+    benchmark:
+        get_benchmark("encode_prompt_images", "{backbone}")
     threads: 2
     resources:
         mem_mb=8000,

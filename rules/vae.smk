@@ -55,6 +55,8 @@ rule evaluate_vae:
         eval_n=config["vae"]["eval_n"],
     log:
         get_log("evaluate_vae"),
+    benchmark:
+        get_benchmark("evaluate_vae")
     threads: 2
     resources:
         mem_mb=4000,

@@ -101,3 +101,12 @@ def test_patch_fid_features_every_quadrant_and_ranks_blur(model, folders, stats)
     p = {k: folder_stats(model, folders[k], batch_size=64, feature_space="patch") for k in ("a", "b", "blur")}
     assert p["a"][2] == 4 * N  # four patches per image
     assert fid_from_stats(*p["a"][:2], *p["blur"][:2]) > 3 * fid_from_stats(*p["a"][:2], *p["b"][:2])
+
+
+def test_fid_record_counts_both_sides(tmp_path, model, folders, stats):
+    from tsmflow.evaluation.run import fid_record
+    ref = tmp_path / "a.npz"
+    save_stats(ref, *stats["a"], feature_space="shapes")
+    rec = fid_record(model, folders["noise"], ref, "shapes", validated=True)
+    assert rec["n_samples"] == rec["n_reference"] == N and rec["feature_space"] == "shapes"
+    assert rec["fid"] == pytest.approx(fid_from_stats(*stats["noise"][:2], *stats["a"][:2]), rel=1e-6)

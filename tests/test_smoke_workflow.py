@@ -190,7 +190,7 @@ def test_same_seeds_give_identical_metrics(smoke, snakemake_bin, root, tmp_path)
     targets = ["results/runs/base_unet/metrics.json", "results/runs/tsm2_unet/metrics.json"]
     r = run(snakemake_bin, root, again, *targets, "--forcerun", "pretrain_base", "train_evaluator")
     assert r.returncode == 0, r.stderr[-3000:]
-    for rule in ["pretrain_base", "train_evaluator", "train_expert", "assemble_router", "sample_compbench"]:
+    for rule in ["pretrain_base", "train_evaluator", "train_expert", "assemble_router", "evaluate_run"]:
         assert rule in r.stdout + r.stderr, rule  # the jobs really ran again
     for f in [*targets, "results/models/base/unet/diffusion_pytorch_model.safetensors"]:
         assert (again / f).read_bytes() == (smoke / f).read_bytes(), f

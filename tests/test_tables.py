@@ -76,3 +76,18 @@ def test_t2i_compbench_image_names():
     assert parse_image_name("a red circle and a blue square_000007.png") == ("a red circle and a blue square", 7)
     with pytest.raises(ValueError):
         parse_image_name("a red circle.png")
+
+
+def test_run_metrics_of_a_compbench_run_and_an_fid_only_run():
+    from tsmflow.evaluation.run import run_metrics
+    fid = {"fid": 1.5, "n_samples": 16, "feature_space": "shapes", "evaluator_validated": True}
+    scores = pd.DataFrame({"category": ["color", "color", "shape"], "score": [10.0, 30.0, 50.0],
+                           "evaluator_validated": [True, True, False]})
+    stats = [{"trainable_params": 100, "model_params": 1000}, {"trainable_params": 100, "model_params": 1000}]
+    m = run_metrics("lora_x", {"method": "lora", "backbone": "unet"}, fid, scores, stats)
+    assert m["color"] == 20.0 and m["n_images_color"] == 2 and m["shape"] == 50.0
+    assert m["evaluator_validated"] is False  # one unvalidated score taints the run
+    assert m["fid"] == 1.5 and m["fid_n_samples"] == 16 and m["config_method"] == "lora"
+    assert m["trainable_params"] == 200 and m["trainable_pct"] == 20.0
+    m = run_metrics("base_x", {"method": "base", "backbone": "unet"}, fid, None, [])
+    assert "color" not in m and m["evaluator_validated"] is True and "trainable_params" not in m

@@ -1,0 +1,45 @@
+"""One run's evaluation, one process: CompBench-mini images and scores (unless the run is FID-only), FID samples
+(one image per held-out reference caption) and FID, then metrics.json."""
+from pathlib import Path
+
+from tsmflow.data.io import atomic_path, read_json, read_labels, write_json
+from tsmflow.evaluation.evaluator import load_evaluator
+from tsmflow.evaluation.run import fid_record, run_metrics
+from tsmflow.evaluation.scoring import check_validated, score_folder
+from tsmflow.runs import load_run_backbone
+from tsmflow.sampling.folders import caption_folder, compbench_folder
+from tsmflow.workflow import setup
+
+setup(snakemake)
+inp, out, p = snakemake.input, snakemake.output, snakemake.params
+sampling, space = p.sampling, p.fid["feature_space"]
+captions = [r["caption"] for r in read_labels(f"{inp.reference}/labels.jsonl")]
+if p.fid["n_samples"] > len(captions):
+    raise ValueError(f"evaluation.fid.n_samples={p.fid['n_samples']} exceeds the {len(captions)} reference captions")
+# the evaluator scores CompBench-mini and gives FID its features, unless FID is Inception's
+uses_evaluator = "compbench" in out.keys() or space in ("shapes", "patch")
+# checked before any sampling: an evaluator that failed validation stops the job at once
+validated = check_validated(inp.validation, p.require_validated) if uses_evaluator else True
+evaluator = load_evaluator(inp.evaluator) if uses_evaluator else None
+bb = load_run_backbone(p.run, inp)
+kw = dict(steps=sampling["steps"], guidance_scale=sampling["guidance_scale"], solver=sampling["solver"])
+
+scores = None
+if "compbench" in out.keys():
+    files = {Path(f).stem.removesuffix("_val"): f for f in inp.prompts}
+    compbench_folder(bb, files, out.compbench, p.images_per_prompt, p.seed, **kw)
+    scores = score_folder(evaluator, out.compbench, p.resolution)
+    scores["evaluator_validated"] = validated
+    print(scores.groupby("category")["score"].agg(["mean", "count"]))
+    with atomic_path(out.scores) as tmp:
+        scores.to_csv(tmp, index=False)
+
+caption_folder(bb, captions[: p.fid["n_samples"]], out.fid_samples, p.seed, **kw)
+fid = fid_record(evaluator if space in ("shapes", "patch") else None, out.fid_samples, inp.fid_reference, space,
+                 validated)
+write_json(out.fid, fid)
+print(f"FID ({space}) = {fid['fid']:.3f} from {fid['n_samples']} samples vs {fid['n_reference']} reference images")
+
+metrics = run_metrics(snakemake.wildcards.run, p.run, fid, scores, [read_json(f"{d}/stats.json") for d in inp.trained])
+write_json(out.metrics, metrics)
+print(metrics)
