@@ -234,6 +234,11 @@ def run_evaluations(run):
     return RUNS[run].get("evaluate", ["compbench", "fid"])
 
 
+def get_sampling_params():
+    """What a sampler reads of config `sampling` (the grid keys only shape sample grids)."""
+    return {k: config["sampling"][k] for k in ("solver", "steps", "guidance_scale")}
+
+
 def get_fid_reference():
     return f"{RESULTS}/evaluator/fid_reference_{config['evaluation']['fid']['feature_space']}.npz"
 

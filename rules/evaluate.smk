@@ -80,10 +80,6 @@ rule fid_reference_stats:
 # One job per run (sampling, scoring, FID, metrics.json): the run's model and the evaluator load once, and a
 # run pays one interpreter start instead of five (bench/results/job_overhead.md). FID-only runs
 # (`evaluate: [fid]`) get the second rule, whose params leave out what CompBench-mini sampling uses.
-def run_sampling_params():
-    return {k: config["sampling"][k] for k in ("solver", "steps", "guidance_scale")}
-
-
 def runs_regex(runs):
     return "|".join(map(re.escape, runs)) or "(?!)"
 
@@ -110,7 +106,7 @@ rule evaluate_run:
         run=runs_regex([r for r in RUNS if "compbench" in run_evaluations(r)]),
     params:
         run=lambda wc: RUNS[wc.run],
-        sampling=run_sampling_params(),
+        sampling=get_sampling_params(),
         images_per_prompt=config["evaluation"]["images_per_prompt"],
         seed=config["evaluation"]["seed"],
         fid=config["evaluation"]["fid"],
@@ -140,7 +136,7 @@ use rule evaluate_run as evaluate_run_fid with:
         run=runs_regex([r for r in RUNS if "compbench" not in run_evaluations(r)]),
     params:
         run=lambda wc: RUNS[wc.run],
-        sampling=run_sampling_params(),
+        sampling=get_sampling_params(),
         seed=config["evaluation"]["seed"],
         fid=config["evaluation"]["fid"],
         require_validated=config["evaluation"]["require_validated_evaluator"],

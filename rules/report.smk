@@ -150,7 +150,7 @@ rule plot_router_gates:
         ),
     params:
         run=lambda wc: RUNS[wc.run],
-        sampling=config["sampling"],
+        sampling=get_sampling_params(),
     log:
         get_log("plot_router_gates", "{run}"),
     benchmark:

@@ -14,7 +14,7 @@ rule generate_prompt_images:
         data=directory(get_prompt_images_dir("{backbone}")),
     params:
         gors=config["gors"],
-        sampling=config["sampling"],
+        sampling=get_sampling_params(),
         resolution=config["resolution"],
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
