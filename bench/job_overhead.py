@@ -34,7 +34,9 @@ def rule_scripts() -> dict[str, str]:
             s = re.search(r'script:\s*\n\s*"\.\./scripts/([\w.]+)"', m.group(2))
             if s:
                 out[m.group(1)] = s.group(1)
-    return out
+        for m in re.finditer(r"^use rule (\w+) as (\w+)", smk.read_text(), re.M):  # same script
+            out.setdefault(m.group(2), out.get(m.group(1)))
+    return {k: v for k, v in out.items() if v}
 
 
 def script_imports(path: Path) -> str:

@@ -239,6 +239,19 @@ def get_sampling_params():
     return {k: config["sampling"][k] for k in ("solver", "steps", "guidance_scale")}
 
 
+def runs_regex(runs):
+    return "|".join(map(re.escape, runs)) or "(?!)"
+
+
+def get_run_eval_inputs(wildcards):
+    inputs = {**get_run_model_inputs(wildcards), "trained": get_run_trained_dirs(wildcards),
+              "reference": get_split_dir("reference"), "fid_reference": get_fid_reference(),
+              "evaluator": get_model_dir("evaluator"), "validation": f"{RESULTS}/evaluator/validation.json"}
+    if "compbench" in run_evaluations(wildcards.run):
+        inputs["prompts"] = [f for k, f in get_compbench_files().items() if k.endswith("_val")]
+    return inputs
+
+
 def get_fid_reference():
     return f"{RESULTS}/evaluator/fid_reference_{config['evaluation']['fid']['feature_space']}.npz"
 

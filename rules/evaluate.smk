@@ -80,19 +80,6 @@ rule fid_reference_stats:
 # One job per run (sampling, scoring, FID, metrics.json): the run's model and the evaluator load once, and a
 # run pays one interpreter start instead of five (bench/results/job_overhead.md). FID-only runs
 # (`evaluate: [fid]`) get the second rule, whose params leave out what CompBench-mini sampling uses.
-def runs_regex(runs):
-    return "|".join(map(re.escape, runs)) or "(?!)"
-
-
-def get_run_eval_inputs(wildcards):
-    inputs = {**get_run_model_inputs(wildcards), "trained": get_run_trained_dirs(wildcards),
-              "reference": get_split_dir("reference"), "fid_reference": get_fid_reference(),
-              "evaluator": get_model_dir("evaluator"), "validation": rules.validate_evaluator.output.status}
-    if "compbench" in run_evaluations(wildcards.run):
-        inputs["prompts"] = [f for k, f in get_compbench_files().items() if k.endswith("_val")]
-    return inputs
-
-
 rule evaluate_run:
     input:
         unpack(get_run_eval_inputs),
