@@ -30,6 +30,8 @@ else:
     include: "rules/evaluate.smk"
     include: "rules/report.smk"
 
+    check_thread_rules()
+
 
 report: "report/workflow.rst"
 

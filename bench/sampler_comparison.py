@@ -28,9 +28,9 @@ import yaml
 from tsmflow.data.grammar import CATEGORIES
 from tsmflow.data.io import read_labels, write_json
 from tsmflow.evaluation.evaluator import load_evaluator
-from tsmflow.evaluation.fid import folder_features, load_stats
+from tsmflow.evaluation.fid import bootstrap_fid, folder_features, load_stats
 from tsmflow.evaluation.scoring import score_folder
-from tsmflow.evaluation.signal import bootstrap_fid, category_summary, paired_effect
+from tsmflow.evaluation.signal import category_summary, paired_effect
 from tsmflow.models.backbone import load_mini_backbone
 from tsmflow.sampling.folders import caption_folder, compbench_folder
 

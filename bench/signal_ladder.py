@@ -24,8 +24,8 @@ from tsmflow.data.grammar import CATEGORIES, parse
 from tsmflow.data.io import read_prompts, write_json
 from tsmflow.evaluation.compbench import score_spec
 from tsmflow.evaluation.evaluator import ATTRS, DEFAULT_N_OBJECTS_P, detect, load_evaluator, render_scenes
-from tsmflow.evaluation.fid import folder_features, load_stats
-from tsmflow.evaluation.signal import (BINDING_OUTCOMES, binding_summary, bootstrap_fid, category_summary,
+from tsmflow.evaluation.fid import bootstrap_fid, folder_features, load_stats
+from tsmflow.evaluation.signal import (BINDING_OUTCOMES, binding_summary, category_summary,
                                        image_statistics, paired_effect, single_object_prompts, single_object_summary,
                                        single_object_table, text_binding_probe)
 from tsmflow.evaluation.validation import DEFAULT_VALIDATION, control_report, detection_report, junk_report

@@ -1,6 +1,8 @@
 # Helpers shared by all rules: config validation, paths, wildcard constraints, resources.
 # Paths come from the functions here, never from string concatenation in rules.
 
+import hashlib
+import json
 import os
 import re
 import sys
@@ -29,6 +31,7 @@ CATEGORIES = ["color", "shape", "texture", "spatial", "non_spatial", "complex"]
 
 RUNS = config["runs"]
 TABLES = config["tables"]
+CLAIMS = config.get("claims", {})
 DEME_SETS = config.get("deme_sets") or {}  # DeMe: N range models of one backbone, merged by a search
 FINETUNES = config.get("finetunes") or {}  # further training: full fine-tuning, prompt tuning, DMP
 TASKS = ["gors", "post"]  # domain adaptation on GORS prompt images | post-pretraining on the pre-training data
@@ -70,6 +73,14 @@ for _table, _decl in TABLES.items():
             if set(CATEGORIES) & set(_decl["columns"]) and "compbench" not in RUNS[_r].get("evaluate", ["compbench"]):
                 raise ValueError(f"config key tables.{_table}: run {_r!r} is FID-only (evaluate: [fid]) but the "
                                  "table has CompBench-mini columns")
+for _claim, _decl in CLAIMS.items():
+    for _side in ("ours", "baseline"):
+        for _r in _decl[_side]["runs"]:
+            if _r not in RUNS:
+                raise ValueError(f"config key claims.{_claim}.{_side}: run {_r!r} is not declared under runs")
+            if _decl["metric"] != "fid" and "compbench" not in RUNS[_r].get("evaluate", ["compbench"]):
+                raise ValueError(f"config key claims.{_claim}.{_side}: run {_r!r} is FID-only (evaluate: [fid]) but "
+                                 f"the claim's metric is {_decl['metric']}")
 
 
 wildcard_constraints:
@@ -260,6 +271,35 @@ def get_table_runs(table):
     return list(dict.fromkeys(r for row in TABLES[table]["rows"] for r in (row.get("runs") or [row["run"]])))
 
 
+PUBLISHED = "docs/results"
+
+
+def get_published_inputs(wildcards):
+    """What docs/results/ publishes, by its name there: every table (md, csv), the claims page, the table plots."""
+    files = {f"tables/{t}.{ext}": f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("md", "csv")}
+    if CLAIMS:
+        files.update({"claims.md": f"{RESULTS}/tables/claims.md", "claims.csv": f"{RESULTS}/tables/claims.csv"})
+    plots = [p for p in get_final_outputs() if p.startswith(f"{RESULTS}/plots/")]
+    files.update({f"plots/{os.path.basename(p)}": p for p in plots})
+    return files
+
+
+def get_config_hash():
+    """First 12 hex digits of the SHA-256 of the config (keys sorted): names the config a published file came from."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def get_run_command():
+    """The command that builds this DAG, with config files relative to the workflow (the same on every machine)."""
+    files = [os.path.relpath(f, workflow.basedir) for f in workflow.config_settings.configfiles]
+    return " ".join(["snakemake", *(["--configfile", *files] if files else [])])
+
+
+def get_claims_metrics(wildcards):
+    runs = {r for c in CLAIMS.values() for side in ("ours", "baseline") for r in c[side]["runs"]}
+    return {run: get_run_path(run, "metrics.json") for run in sorted(runs)}
+
+
 def get_table_metrics(wildcards):
     return {run: get_run_path(run, "metrics.json") for run in get_table_runs(wildcards.table)}
 
@@ -272,6 +312,19 @@ def get_benchmark(rule, *wildcards):
     return f"{RESULTS}/benchmarks/{rule}/{'_'.join(wildcards) or rule}.tsv"
 
 
+def get_threads(rule_name):
+    """CPU threads of a rule's jobs: config `threads`, per rule or its `default` (a property of the machine that
+    runs the DAG, like gpus_per_job: changing it reruns nothing)."""
+    return config["threads"].get(rule_name, config["threads"]["default"])
+
+
+def check_thread_rules():
+    """Called after the includes. A name in config `threads` that no rule has is a typo."""
+    unknown = sorted(set(config["threads"]) - {"default"} - {r.name for r in workflow.rules})
+    if unknown:
+        raise ValueError(f"config key threads: no rule named {', '.join(unknown)}")
+
+
 def gpu_resources():
     """Resources of a GPU job; the slurm profile turns `gpu` into a GPU request."""
     return {"gpu": config["gpus_per_job"]}
@@ -282,6 +335,8 @@ def get_final_outputs():
         f"{RESULTS}/foundation.md",
         f"{RESULTS}/evaluator/validation.md",
         *[f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")],
+        *([f"{RESULTS}/tables/claims.md"] if CLAIMS else []),
+        PUBLISHED,
         *[f"{RESULTS}/plots/{t}_categories.png" for t in TABLES if set(CATEGORIES) & set(TABLES[t]["columns"])],
         *[f"{RESULTS}/plots/{t}_fid.png" for t in TABLES if "fid" in TABLES[t]["columns"]],
         *[get_run_path(r, "grid.png") for t in TABLES for r in get_table_runs(t) if "compbench" in run_evaluations(r)],

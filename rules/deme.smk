@@ -15,7 +15,7 @@ rule deme_finetune_range:
         get_log("deme_finetune_range", "{deme_set}", "{range}"),
     benchmark:
         get_benchmark("deme_finetune_range", "{deme_set}", "{range}")
-    threads: 2
+    threads: get_threads("deme_finetune_range")
     resources:
         mem_mb=8000,
         runtime=240,
@@ -42,7 +42,7 @@ rule deme_merge_search:
         get_log("deme_merge_search", "{deme_set}"),
     benchmark:
         get_benchmark("deme_merge_search", "{deme_set}")
-    threads: 2
+    threads: get_threads("deme_merge_search")
     resources:
         mem_mb=8000,
         runtime=240,

@@ -17,7 +17,7 @@ rule train_full:
         get_log("train_full", "{finetune}"),
     benchmark:
         get_benchmark("train_full", "{finetune}")
-    threads: 2
+    threads: get_threads("train_full")
     resources:
         mem_mb=8000,
         runtime=240,
@@ -43,7 +43,7 @@ rule train_dmp:
         get_log("train_dmp", "{finetune}"),
     benchmark:
         get_benchmark("train_dmp", "{finetune}")
-    threads: 2
+    threads: get_threads("train_dmp")
     resources:
         mem_mb=8000,
         runtime=240,

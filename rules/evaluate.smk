@@ -15,7 +15,7 @@ rule train_evaluator:
         get_log("train_evaluator"),
     benchmark:
         get_benchmark("train_evaluator")
-    threads: 2
+    threads: get_threads("train_evaluator")
     resources:
         mem_mb=8000,
         runtime=60,
@@ -47,7 +47,7 @@ rule validate_evaluator:
         get_log("validate_evaluator"),
     benchmark:
         get_benchmark("validate_evaluator")
-    threads: 2
+    threads: get_threads("validate_evaluator")
     resources:
         mem_mb=4000,
         runtime=30,
@@ -67,7 +67,7 @@ rule fid_reference_stats:
         get_log("fid_reference_stats", "{feature_space}"),
     benchmark:
         get_benchmark("fid_reference_stats", "{feature_space}")
-    threads: 2
+    threads: get_threads("fid_reference_stats")
     resources:
         mem_mb=4000,
         runtime=30,
@@ -103,7 +103,7 @@ rule evaluate_run:
         get_log("evaluate_run", "{run}"),
     benchmark:
         get_benchmark("evaluate_run", "{run}")
-    threads: 2
+    threads: get_threads("evaluate_run")
     resources:
         mem_mb=4000,
         runtime=90,

@@ -15,7 +15,7 @@ rule pretrain_base:
         get_log("pretrain_base", "{backbone}"),
     benchmark:
         get_benchmark("pretrain_base", "{backbone}")
-    threads: 2
+    threads: get_threads("pretrain_base")
     resources:
         mem_mb=8000,
         runtime=240,
@@ -46,7 +46,7 @@ rule sample_base_grid:
         get_log("sample_base_grid", "{backbone}"),
     benchmark:
         get_benchmark("sample_base_grid", "{backbone}")
-    threads: 2
+    threads: get_threads("sample_base_grid")
     resources:
         mem_mb=4000,
         runtime=30,

@@ -29,6 +29,60 @@ rule make_table:
         "../scripts/make_table.py"
 
 
+rule make_claims:
+    input:
+        unpack(get_claims_metrics),
+    output:
+        csv=f"{RESULTS}/tables/claims.csv",
+        md=report(
+            f"{RESULTS}/tables/claims.md",
+            caption="../report/claims.rst",
+            category="Tables",
+            labels={"table": "claims"},
+        ),
+    params:
+        claims=CLAIMS,
+    log:
+        get_log("make_claims"),
+    benchmark:
+        get_benchmark("make_claims")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/make_claims.py"
+
+
+# docs/results/: the run's tables, claims and key plots, each under a provenance line (commit, config hash,
+# machine, wall time, command). It reads only results/; `git add docs/results` publishes a default run.
+rule publish_results:
+    input:
+        unpack(get_published_inputs),
+    output:
+        directory(PUBLISHED),
+    params:
+        config_hash=get_config_hash(),
+        command=get_run_command(),
+        repo=workflow.basedir,
+        # the jobs' start and end times, for the run's wall time (read, not tracked: they change every run)
+        benchmarks=f"{RESULTS}/benchmarks",
+    log:
+        get_log("publish_results"),
+    benchmark:
+        get_benchmark("publish_results")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/publish_results.py"
+
+
 rule plot_table_categories:
     input:
         unpack(get_table_metrics),
@@ -155,7 +209,7 @@ rule plot_router_gates:
         get_log("plot_router_gates", "{run}"),
     benchmark:
         get_benchmark("plot_router_gates", "{run}")
-    threads: 2
+    threads: get_threads("plot_router_gates")
     resources:
         mem_mb=4000,
         runtime=20,

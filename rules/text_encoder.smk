@@ -12,7 +12,7 @@ rule train_text_encoder:
         get_log("train_text_encoder"),
     benchmark:
         get_benchmark("train_text_encoder")
-    threads: 2
+    threads: get_threads("train_text_encoder")
     resources:
         mem_mb=8000,
         runtime=60,

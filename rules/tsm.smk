@@ -21,7 +21,7 @@ rule generate_prompt_images:
         get_log("generate_prompt_images", "{backbone}"),
     benchmark:
         get_benchmark("generate_prompt_images", "{backbone}")
-    threads: 2
+    threads: get_threads("generate_prompt_images")
     resources:
         mem_mb=8000,
         runtime=120,
@@ -42,7 +42,7 @@ rule encode_prompt_images:
         get_log("encode_prompt_images", "{backbone}"),
     benchmark:
         get_benchmark("encode_prompt_images", "{backbone}")
-    threads: 2
+    threads: get_threads("encode_prompt_images")
     resources:
         mem_mb=8000,
         runtime=30,
@@ -64,7 +64,7 @@ rule train_expert:
         get_log("train_expert", "{expert_set}", "{interval}"),
     benchmark:
         get_benchmark("train_expert", "{expert_set}", "{interval}")
-    threads: 2
+    threads: get_threads("train_expert")
     resources:
         mem_mb=8000,
         runtime=240,
@@ -88,7 +88,7 @@ rule assemble_router:
         get_log("assemble_router", "{run}"),
     benchmark:
         get_benchmark("assemble_router", "{run}")
-    threads: 2
+    threads: get_threads("assemble_router")
     resources:
         mem_mb=8000,
         runtime=240,
@@ -111,7 +111,7 @@ rule train_moe_lora:
         get_log("train_moe_lora", "{run}"),
     benchmark:
         get_benchmark("train_moe_lora", "{run}")
-    threads: 2
+    threads: get_threads("train_moe_lora")
     resources:
         mem_mb=8000,
         runtime=240,

@@ -12,7 +12,7 @@ rule train_vae:
         get_log("train_vae"),
     benchmark:
         get_benchmark("train_vae")
-    threads: 2
+    threads: get_threads("train_vae")
     resources:
         mem_mb=8000,
         runtime=120,
@@ -33,7 +33,7 @@ rule encode_latents:
         get_log("encode_latents"),
     benchmark:
         get_benchmark("encode_latents")
-    threads: 2
+    threads: get_threads("encode_latents")
     resources:
         mem_mb=8000,
         runtime=30,
@@ -57,7 +57,7 @@ rule evaluate_vae:
         get_log("evaluate_vae"),
     benchmark:
         get_benchmark("evaluate_vae")
-    threads: 2
+    threads: get_threads("evaluate_vae")
     resources:
         mem_mb=4000,
         runtime=20,

@@ -42,6 +42,11 @@ def test_object_count_probabilities_must_sum_to_one(snakemake_bin, root, tmp_pat
     assert r.returncode != 0 and "data.n_objects_p must sum to 1" in r.stdout + r.stderr
 
 
+def test_threads_may_only_name_rules(snakemake_bin, root, tmp_path):
+    r = dry_run(snakemake_bin, root, tmp_path, lambda c: c["threads"].__setitem__("train_expertx", 1))
+    assert r.returncode != 0 and "config key threads: no rule named train_expertx" in r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("name", ["sd15", "sd2", "pixart_alpha", "sd3"])
 def test_backbone_configs_carry_sup_a_hyperparameters(root, name):
     cfg = load_backbone_config(root / f"config/backbones/{name}.yaml")

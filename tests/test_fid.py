@@ -110,3 +110,6 @@ def test_fid_record_counts_both_sides(tmp_path, model, folders, stats):
     rec = fid_record(model, folders["noise"], ref, "shapes", validated=True)
     assert rec["n_samples"] == rec["n_reference"] == N and rec["feature_space"] == "shapes"
     assert rec["fid"] == pytest.approx(fid_from_stats(*stats["noise"][:2], *stats["a"][:2]), rel=1e-6)
+    # a bootstrap SE over the samples: positive, well below the FID of noise against clean scenes
+    assert 0 < rec["fid_se"] < rec["fid"] and rec["fid_n_boot"] == 200
+    assert fid_record(model, folders["noise"], ref, "shapes", validated=True, n_boot=0)["fid_se"] is None

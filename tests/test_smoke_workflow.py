@@ -142,6 +142,31 @@ def test_report_gathers_tables_and_images(smoke, snakemake_bin, root):
         assert needle in html, needle
 
 
+def test_published_results_are_the_run_s_tables_byte_for_byte(smoke, snakemake_bin, root):
+    """docs/results/ holds every table and the claims page as results/ has them, under one provenance line, and
+    rule publish_results regenerates it byte for byte."""
+    res, docs = smoke / "results", smoke / "docs/results"
+    line = (docs / "README.md").read_text().splitlines()[2]
+    assert "commit " in line and "config " in line and "CPUs" in line and "wall time" in line
+    assert "command `snakemake --configfile config/smoke.yaml`" in line
+    tables = sorted(res.glob("tables/*.md"))
+    assert len(tables) == 5 and (res / "tables/claims.md") in tables  # 4 declared tables + the claims page
+    for t in tables:
+        name = "claims.md" if t.stem == "claims" else f"tables/{t.name}"
+        assert (docs / name).read_bytes() == f"> {line}\n\n".encode() + t.read_bytes(), name
+        csv = t.with_suffix(".csv")
+        assert (docs / name).with_suffix(".csv").read_bytes() == f"# {line}\n".encode() + csv.read_bytes()
+    with Image.open(docs / "plots/base_models_categories.png") as im:
+        assert im.text["provenance"] == line
+    claims = (res / "tables/claims.csv").read_text()
+    assert "tsm2_vs_tsm1_unet" in claims and "dmp_vs_full_dit" in claims
+    before = {p.relative_to(docs): p.read_bytes() for p in docs.rglob("*") if p.is_file()}
+    r = run(snakemake_bin, root, smoke, "docs/results", "--forcerun", "publish_results")
+    assert r.returncode == 0 and "publish_results" in r.stdout + r.stderr, r.stderr[-3000:]
+    after = {p.relative_to(docs): p.read_bytes() for p in docs.rglob("*") if p.is_file()}
+    assert after == before
+
+
 def test_rerun_has_nothing_to_do(smoke, snakemake_bin, root):
     r = run(snakemake_bin, root, smoke, "-n")
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:]

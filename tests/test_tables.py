@@ -12,7 +12,8 @@ DECL = {"title": "Base models", "caption": "rows are runs", "paper_table": "tsm_
         "columns": ["color", "spatial", "fid"],
         "rows": [{"run": "a", "label": "unet", "paper_row": "SD1.5"},
                  {"runs": ["b1", "b2", "b3"], "label": "dit", "paper_row": "PixArt-α"}]}
-METRICS = {"a": {"color": 40.0, "spatial": 10.0, "fid": 5.0, "fid_n_samples": 500},
+METRICS = {"a": {"color": 40.0, "color_se": 1.5, "n_images_color": 200, "spatial": 10.0, "n_images_spatial": 200,
+                 "fid": 5.0, "fid_se": 0.25, "fid_n_samples": 500},
            "b1": {"color": 50.0, "spatial": 20.0, "fid": 4.0, "fid_n_samples": 500},
            "b2": {"color": 52.0, "spatial": 22.0, "fid": 4.2, "fid_n_samples": 500},
            "b3": {"color": 54.0, "spatial": 24.0, "fid": 4.4, "fid_n_samples": 500}}
@@ -34,7 +35,11 @@ def test_paper_values_come_from_the_transcribed_csv():
 def test_table_has_ours_and_labelled_paper_columns_and_seed_stats(tmp_path):
     df = build_table(DECL, METRICS)
     assert list(df["row"]) == ["unet", "dit"]
-    assert df.loc[0, "Color"] == "40.00" and df.loc[0, "Color [TSM Table 1]"] == "36.97"
+    # one seed: ± its standard error where the run has one (spatial has none here); seeds: ± std over them
+    assert df.loc[0, "Color"] == "40.00 ± 1.50" and df.loc[0, "Spatial"] == "10.00"
+    assert df.loc[0, "FID (shapes features)"] == "5.00 ± 0.25" and df.loc[0, "Images per category"] == "200"
+    assert df.loc[1, "Images per category"] == "n/a"
+    assert df.loc[0, "Color [TSM Table 1]"] == "36.97"
     assert df.loc[1, "Color"] == "52.00 ± 2.00" and df.loc[1, "seeds"] == 3
     assert df.loc[1, "Spatial [TSM Table 1]"] == "19.89"
     assert "FID [TSM Table 1]" not in df.columns  # Table 1 has no FID: no empty paper column
@@ -42,7 +47,7 @@ def test_table_has_ours_and_labelled_paper_columns_and_seed_stats(tmp_path):
     write_table(df, DECL, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
     assert pd.read_csv(tmp_path / "t.csv").shape == df.shape
     md = (tmp_path / "t.md").read_text()
-    assert "## Base models" in md and "| unet" in md and "rows are runs" in md
+    assert "## Base models" in md and "| unet" in md and "rows are runs" in md and "one standard error" in md
     assert "\\begin{tabular}" in (tmp_path / "t.tex").read_text()
 
 
@@ -81,11 +86,13 @@ def test_t2i_compbench_image_names():
 def test_run_metrics_of_a_compbench_run_and_an_fid_only_run():
     from tsmflow.evaluation.run import run_metrics
     fid = {"fid": 1.5, "n_samples": 16, "feature_space": "shapes", "evaluator_validated": True}
-    scores = pd.DataFrame({"category": ["color", "color", "shape"], "score": [10.0, 30.0, 50.0],
-                           "evaluator_validated": [True, True, False]})
+    # colour: prompt p has images 10, 30 (mean 20) and q has 60, 80 (mean 70): SE = std(20, 70) / sqrt(2) = 25
+    scores = pd.DataFrame({"category": ["color"] * 4 + ["shape"], "prompt": ["p", "p", "q", "q", "r"],
+                           "score": [10.0, 30.0, 60.0, 80.0, 50.0], "evaluator_validated": [True] * 4 + [False]})
     stats = [{"trainable_params": 100, "model_params": 1000}, {"trainable_params": 100, "model_params": 1000}]
     m = run_metrics("lora_x", {"method": "lora", "backbone": "unet"}, fid, scores, stats)
-    assert m["color"] == 20.0 and m["n_images_color"] == 2 and m["shape"] == 50.0
+    assert m["color"] == 45.0 and m["n_images_color"] == 4 and m["n_prompts_color"] == 2 and m["shape"] == 50.0
+    assert m["color_se"] == pytest.approx(25.0) and m["shape_se"] is None  # one prompt: no SE
     assert m["evaluator_validated"] is False  # one unvalidated score taints the run
     assert m["fid"] == 1.5 and m["fid_n_samples"] == 16 and m["config_method"] == "lora"
     assert m["trainable_params"] == 200 and m["trainable_pct"] == 20.0

@@ -5,33 +5,46 @@ on the miniature a fresh interpreter's imports cost more than scoring (bench/res
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
+from ..data.io import DataError
 from ..reporting.tables import trainable_summary
 from .evaluator import Detector
-from .fid import fid_from_stats, folder_stats, load_stats
+from .fid import bootstrap_fid, fid_from_stats, folder_features, load_stats
+from .signal import clustered_mean
 
 
-def fid_record(model: Detector | None, folder, reference, feature_space: str, validated: bool) -> dict:
-    """FID of an image folder against cached reference stats, with both sample counts."""
-    mu, sigma, n = folder_stats(model, folder, feature_space=feature_space)
+def fid_record(model: Detector | None, folder, reference, feature_space: str, validated: bool,
+               n_boot: int = 200, seed: int = 0) -> dict:
+    """FID of an image folder against cached reference stats, with both sample counts and a bootstrap SE over
+    the samples (the reference stats are fixed; n_boot=0 leaves the SE out)."""
+    feats = folder_features(model, folder, feature_space=feature_space).astype(np.float64)
+    if len(feats) < 2:
+        raise DataError(f"{folder}: FID needs at least 2 images, found {len(feats)}")
     ref = load_stats(reference)
-    fid = fid_from_stats(mu, sigma, ref["mu"], ref["sigma"])
-    return {"fid": fid, "feature_space": feature_space, "n_samples": n, "n_reference": ref["n"],
+    boot = bootstrap_fid(feats, ref["mu"], ref["sigma"], n_boot=max(n_boot, 2), seed=seed) if n_boot else None
+    fid = boot["fid"] if boot else fid_from_stats(feats.mean(0), np.cov(feats, rowvar=False), ref["mu"], ref["sigma"])
+    return {"fid": fid, "fid_se": boot["se"] if boot else None, "fid_n_boot": n_boot,
+            "feature_space": feature_space, "n_samples": len(feats), "n_reference": ref["n"],
             "evaluator_validated": validated}
 
 
 def run_metrics(run: str, spec: dict, fid: dict, scores: pd.DataFrame | None, trained_stats: list[dict]) -> dict:
-    """CompBench-mini per category (%, with image counts; none for FID-only runs), FID with its sample count,
-    the run's config, and its trainable parameters."""
+    """CompBench-mini per category (%, with image and prompt counts and a standard error that treats prompts as
+    the sampling unit; none for FID-only runs), FID with its sample count and bootstrap SE, the run's config, and
+    its trainable parameters."""
     metrics = {}
     validated = fid.get("evaluator_validated", True)
     if scores is not None:
-        by_cat = scores.groupby("category")["score"]
-        metrics = {cat: float(s.mean()) for cat, s in by_cat}
-        metrics.update({f"n_images_{cat}": int(len(s)) for cat, s in by_cat})
+        for cat, g in scores.groupby("category"):
+            m = clustered_mean(g, "score")
+            se = m["se"] if np.isfinite(m["se"]) else None  # one prompt: no SE (and no NaN in the JSON)
+            metrics.update({cat: m["mean"], f"{cat}_se": se, f"n_images_{cat}": m["n_images"],
+                            f"n_prompts_{cat}": m["n_prompts"]})
         validated = validated and bool(scores["evaluator_validated"].all())
-    metrics.update(evaluator_validated=validated, fid=fid["fid"], fid_n_samples=fid["n_samples"],
-                   fid_feature_space=fid["feature_space"], run=run, **{f"config_{k}": v for k, v in spec.items()})
+    metrics.update(evaluator_validated=validated, fid=fid["fid"], fid_se=fid.get("fid_se"),
+                   fid_n_samples=fid["n_samples"], fid_feature_space=fid["feature_space"], run=run,
+                   **{f"config_{k}": v for k, v in spec.items()})
     metrics.update(trainable_summary(spec, trained_stats))
     return metrics

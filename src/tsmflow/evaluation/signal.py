@@ -117,32 +117,6 @@ def paired_effect(base: pd.DataFrame, tuned: pd.DataFrame, value: str = "score")
     return out
 
 
-def bootstrap_fid(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, n_boot: int = 200,
-                  seed: int = 0, paired: np.ndarray | None = None) -> dict:
-    """FID of `feats` against reference stats, with a bootstrap SE over the samples. With `paired`
-    (features of a second model's samples, row k from the same caption and seed as row k of
-    `feats`), also the SE of FID(paired) - FID(feats) from joint resamples."""
-    from .fid import fid_from_stats
-
-    def fid(x):
-        return fid_from_stats(x.mean(0), np.cov(x, rowvar=False), ref_mu, ref_sigma)
-
-    rng = np.random.default_rng(seed)
-    a, b, d = [], [], []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(feats), len(feats))
-        a.append(fid(feats[idx]))
-        if paired is not None:
-            b.append(fid(paired[idx]))
-            d.append(b[-1] - a[-1])
-    out = {"fid": fid(feats), "se": float(np.std(a, ddof=1)), "n": int(len(feats)), "n_boot": n_boot}
-    if paired is not None:
-        out.update(fid_other=fid(paired), se_other=float(np.std(b, ddof=1)), diff=fid(paired) - out["fid"],
-                   se_diff=float(np.std(d, ddof=1)))
-        out["z"] = out["diff"] / out["se_diff"]
-    return out
-
-
 BINDING_OUTCOMES = ("bound", "swapped", "other", "missing")
 
 

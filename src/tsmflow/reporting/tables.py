@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.grammar import CATEGORIES
 from ..data.io import atomic_path, read_json
 
 PAPER_DIR = Path(__file__).resolve().parents[3] / "resources" / "paper_numbers"
@@ -47,13 +48,25 @@ def paper_value(df: pd.DataFrame, row: str, metric: str, block: str = "", settin
     return None
 
 
-def _fmt(values: list[float], digits: int) -> str:
+SPREAD_NOTE = ("± is one standard error where a row has one seed (CompBench-mini: prompts as the sampling unit; "
+               "FID: bootstrap over samples), and the standard deviation over seeds where it has several.")
+
+
+def _fmt(values: list[float], digits: int, se: float | None = None) -> str:
+    """One run: its value, ± its standard error where known. Several runs (seeds): mean ± std over them."""
     values = [v for v in values if v is not None and np.isfinite(v)]
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
+        spread = f" ± {se:.{digits}f}" if se is not None and np.isfinite(se) else ""
+        return f"{values[0]:.{digits}f}{spread}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _counts(metrics: dict[str, dict], runs: list[str], keys: list[str]) -> str:
+    """The distinct sample counts of `keys` over `runs`, e.g. "200" or "100/200"."""
+    ns = sorted({metrics[r][k] for r in runs for k in keys if metrics[r].get(k)})
+    return "/".join(str(n) for n in ns) or "n/a"
 
 
 def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
@@ -73,10 +86,12 @@ def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DI
             label = METRIC_LABEL.get(m, m)
             if m == "fid":  # name the feature space: shapes, patch (Patch-FID) or inception
                 label = f"FID ({metrics[runs[0]].get('fid_feature_space', 'shapes')} features)"
-            rec[label] = _fmt(vals, DIGITS.get(m, 2))
+            rec[label] = _fmt(vals, DIGITS.get(m, 2), metrics[runs[0]].get(f"{m}_se"))
+        cats = [m for m in decl["columns"] if m in CATEGORIES]
+        if cats:
+            rec["Images per category"] = _counts(metrics, runs, [f"n_images_{c}" for c in cats])
         if "fid" in decl["columns"]:
-            ns = sorted({metrics[r].get("fid_n_samples") for r in runs if metrics[r].get("fid_n_samples")})
-            rec["FID samples"] = "/".join(str(n) for n in ns) or "n/a"
+            rec["FID samples"] = _counts(metrics, runs, ["fid_n_samples"])
         if papers:
             paper = papers.get(row.get("paper_table") or decl.get("paper_table"))
             cited = paper is not None and (row.get("paper_row") or row.get("paper_setting"))
@@ -106,7 +121,7 @@ def write_table(df: pd.DataFrame, decl: dict, csv_path, md_path, tex_path) -> No
     title = decl["title"]
     note = decl.get("caption", "").strip()
     with atomic_path(md_path) as tmp:
-        tmp.write_text(f"## {title}\n\n{df.to_markdown(index=False)}\n\n{note}\n")
+        tmp.write_text(f"## {title}\n\n{df.to_markdown(index=False)}\n\n{note}\n\n{SPREAD_NOTE}\n")
     with atomic_path(tex_path) as tmp:
         tmp.write_text(df.to_latex(index=False, caption=title, label=f"tab:{Path(tex_path).stem}", escape=True))
 

@@ -1,0 +1,100 @@
+"""The claims page: verdicts by the stated test on hand-made metrics; the published folder's provenance."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tsmflow.data.grammar import CATEGORIES
+from tsmflow.reporting.claims import build_claims, group_stats, run_value, verdict, write_claims
+from tsmflow.reporting.publish import provenance, publish, wall_span, write_index
+from tsmflow.reporting.tables import PAPER_DIR
+
+
+def cb_run(level: float, se: float = 1.0) -> dict:
+    return {**{c: level for c in CATEGORIES}, **{f"{c}_se": se for c in CATEGORIES}}
+
+
+METRICS = {"t0": cb_run(30.0), "t1": cb_run(32.0), "t2": cb_run(34.0),  # mean 32, std 2
+           "l0": cb_run(20.0), "l1": cb_run(21.0), "l2": cb_run(22.0),  # mean 21, std 1
+           "a": {"fid": 1.00, "fid_se": 0.10}, "b": {"fid": 1.05, "fid_se": 0.10}, "c": {"fid": 2.0, "fid_se": 0.1}}
+T4 = {"paper_table": "tsm_table4", "metric": "compbench_mean", "better": "higher"}
+
+
+def test_run_value_averages_six_categories_and_their_se():
+    m = {**{c: float(i) for i, c in enumerate(CATEGORIES)}, **{f"{c}_se": 6.0 for c in CATEGORIES}}
+    assert run_value(m, "compbench_mean") == (2.5, pytest.approx(np.sqrt(6 * 36) / 6))
+    assert run_value({"fid": 1.5, "fid_se": 0.2}, "fid") == (1.5, 0.2)
+    assert run_value({"color": 3.0}, "compbench_mean") == (None, None)
+
+
+def test_verdicts_follow_the_stated_test():
+    ours, base = group_stats(METRICS, ["t0", "t1", "t2"], "compbench_mean"), group_stats(METRICS, ["l0", "l1", "l2"],
+                                                                                           "compbench_mean")
+    assert ours["mean"] == 32.0 and ours["std"] == pytest.approx(2.0) and ours["n"] == 3
+    v = verdict(ours, base, "higher")
+    assert v["d"] == pytest.approx(11.0) and v["se"] == pytest.approx(np.sqrt(4 / 3 + 1 / 3))
+    assert v["verdict"] == "holds"
+    assert verdict(base, ours, "higher")["verdict"] == "does not hold"
+    # one run each: SE from the runs' own bootstrap SEs; 0.05 < 2 * sqrt(0.02)
+    a, b = group_stats(METRICS, ["a"], "fid"), group_stats(METRICS, ["b"], "fid")
+    assert verdict(a, b, "lower")["verdict"] == "within noise"
+    assert verdict(group_stats(METRICS, ["a"], "fid"), group_stats(METRICS, ["c"], "fid"), "lower")["verdict"] == "holds"
+    assert verdict(group_stats({"x": {"fid": 1.0}}, ["x"], "fid"), b, "lower")["verdict"] == "no standard error"
+
+
+def test_claims_page_has_paper_numbers_ours_and_verdicts(tmp_path):
+    decls = {"tsm2_vs_lora": {**T4, "claim": "TSM 2-stage beats vanilla LoRA",
+                              "ours": {"runs": ["t0", "t1", "t2"], "paper_block": "SD1.5 UNet", "paper_row": "TSM 2-stage"},
+                              "baseline": {"runs": ["l0", "l1", "l2"], "paper_block": "SD1.5 UNet",
+                                           "paper_row": "Vanilla LoRA"}},
+             "fid": {"paper_table": "deme_supp_table1", "metric": "fid", "better": "lower", "claim": "merge helps",
+                     "ours": {"runs": ["a"]}, "baseline": {"runs": ["b"]}}}
+    df = build_claims(decls, METRICS)
+    # the paper's six-category means, computed here straight from the transcribed CSV
+    paper = pd.read_csv(PAPER_DIR / "tsm_table4.csv", dtype=str, keep_default_na=False)
+    six = {"Color", "Shape", "Texture", "Spatial", "Non-Spatial", "Complex"}
+
+    def mean_of(row):
+        sel = paper[(paper.block == "SD1.5 UNet") & (paper.row == row) & paper.metric.isin(six)]
+        assert len(sel) == 6
+        return sel.value.astype(float).mean()
+    r = df.iloc[0]
+    assert r["paper: ours"] == f"{mean_of('TSM 2-stage'):.2f}" and r["paper: baseline"] == f"{mean_of('Vanilla LoRA'):.2f}"
+    assert r["ours"] == "32.00 ± 2.00 (n=3)" and r["verdict"] == "holds" and r["d ± SE"].startswith("+11.00 ± ")
+    assert df.iloc[1]["paper: ours"] == "—" and df.iloc[1]["verdict"] == "within noise"
+    assert df.iloc[1]["ours"] == "1.000 ± 0.100 SE (n=1)"
+    write_claims(df, tmp_path / "c.csv", tmp_path / "c.md")
+    md = (tmp_path / "c.md").read_text()
+    assert "2 claims: 1 holds, 1 within noise." in md and "d >= 2 SE" in md
+    assert len(pd.read_csv(tmp_path / "c.csv")) == 2
+
+
+def test_wall_span_from_benchmark_files(tmp_path):
+    for rule, end, s in [("a", 1000.0, 100.0), ("b", 1500.0, 50.0), ("publish_results", 9000.0, 1.0)]:
+        f = tmp_path / rule / "x.tsv"
+        f.parent.mkdir()
+        f.write_text(f"s\th:m:s\n{s}\t0:00:00\n")
+        os.utime(f, (end, end))
+    assert wall_span(tmp_path) == pytest.approx(1500.0 - 900.0)  # the publish job itself is left out
+    assert wall_span(tmp_path / "none") is None
+
+
+def test_publish_copies_under_a_provenance_line(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "t.md").write_text("| a |\n|---|\n| 1 |\n")
+    (src / "t.csv").write_text("a\n1\n")
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(src / "p.png")
+    line = provenance("abc123", "cafe", "x86_64, 2 CPUs, no GPU", 42.4, "snakemake")
+    assert "commit abc123" in line and "wall time 42 s" in line and "command `snakemake`" in line
+    out = tmp_path / "out"
+    names = publish({"tables/t.md": src / "t.md", "tables/t.csv": src / "t.csv", "plots/p.png": src / "p.png"},
+                    out, line)
+    write_index(out, names, line)
+    assert (out / "tables/t.md").read_text() == f"> {line}\n\n| a |\n|---|\n| 1 |\n"
+    assert pd.read_csv(out / "tables/t.csv", comment="#")["a"].tolist() == [1]
+    with Image.open(out / "plots/p.png") as im:
+        assert im.text["provenance"] == line and im.getpixel((0, 0)) == (255, 0, 0)
+    assert "[t](tables/t.md)" in (out / "README.md").read_text()
