@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from tsmflow.data.io import write_json
+from tsmflow.reporting.publish import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench/results/job_overhead"
@@ -113,8 +114,7 @@ def main() -> None:
         rules.append({"rule": rule, "script": name, "jobs": n, "noop_s": t, "fixed_core_s": t * n,
                       "imports_diffusers": uses})
     rec = {"configfile": args.configfile, "repeats": args.repeats,
-           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=ROOT).stdout.strip(),
+           "commit": git_commit(ROOT),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU", "bare_python_s": bare,
            "preamble_s": pre, "load_start": load_start, "load_end": os.getloadavg()[0],
            "total_jobs": sum(counts.values()), "total_fixed_core_s": sum(r["fixed_core_s"] for r in rules),

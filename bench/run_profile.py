@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from job_overhead import job_counts  # noqa: E402
 
 from tsmflow.data.io import write_json  # noqa: E402
+from tsmflow.reporting.publish import git_commit  # noqa: E402
 
 STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]", re.M)
 
@@ -68,8 +68,7 @@ def profile(workdir: Path, configfile: str, log: Path | None) -> dict:
                       "fixed_share": None if not (mean and rule in noop) else min(1.0, noop[rule] / mean)})
     complete = all(r["measured_jobs"] >= r["jobs"] for r in rules if r["rule"] != "all")
     return {"workdir": str(workdir), "configfile": configfile,
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=ROOT).stdout.strip(),
+            "commit": git_commit(ROOT),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
             "total_wall_s": log_wall_s(log) if log else None, "log": str(log) if log else None,
             "complete": complete, "total_jobs": sum(counts.values()),

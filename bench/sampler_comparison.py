@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tsmflow.evaluation.scoring import score_folder
 from tsmflow.evaluation.signal import category_summary, paired_effect
 from tsmflow.models.backbone import load_mini_backbone
 from tsmflow.sampling.folders import caption_folder, compbench_folder
+from tsmflow.reporting.publish import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench/results/sampler_comparison"
@@ -106,8 +106,7 @@ def main() -> None:
     ref = load_stats(res / "evaluator/fid_reference_shapes.npz")
     path = OUT.with_suffix(".json")
     records = json.loads(path.read_text()) if path.is_file() else {}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = git_commit(ROOT)
     for name in args.backbones:
         bb = load_mini_backbone(name, res / "models/base" / name, res / "models/vae", res / "models/text_encoder")
         settings, feats, tables = [], [], []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tsmflow.evaluation.validation import DEFAULT_VALIDATION, control_report, de
 from tsmflow.models.backbone import load_mini_backbone
 from tsmflow.sampling.sample import generate
 from tsmflow.training.vae import load_vae, reconstruct
+from tsmflow.reporting.publish import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench/results/signal_ladder"
@@ -241,8 +241,7 @@ def main() -> None:
         print(markdown({args.label: rec}))
         return
     vae = load_vae(res / "models/vae")
-    rec = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=ROOT).stdout.strip(),
+    rec = {"commit": git_commit(ROOT),
            "config": args.config, "machine": f"{platform.machine()} CPU, no GPU", "threads": args.threads,
            "note": args.note, "evaluator": evaluator_rungs(evaluator, vae, cfg, prompts, cfg["resolution"]),
            "text_probe": {a: text_binding_probe(*text_encoder(res / "models/text_encoder"), a) for a in ("color", "texture")},

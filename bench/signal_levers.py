@@ -14,7 +14,6 @@ import argparse
 import copy
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tsmflow.evaluation.evaluator import ATTRS, load_evaluator
 from tsmflow.evaluation.signal import BINDING_OUTCOMES
 from tsmflow.models.backbone import load_mini_backbone
 from tsmflow.training.pretrain import pretrain_denoiser
+from tsmflow.reporting.publish import git_commit
 
 OUT = ROOT / "bench/results/signal_levers"
 
@@ -108,8 +108,7 @@ def main() -> None:
     rungs = backbone_rungs(bb, evaluator, cfg, prompts, 8, cfg["evaluation"]["images_per_prompt"])
     records = json.loads(path.read_text()) if path.is_file() else {}
     records[args.name] = {
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=ROOT).stdout.strip(),
+        "commit": git_commit(ROOT),
         "machine": f"{platform.machine()} CPU, no GPU", "threads": args.threads, "backbone": args.backbone,
         "change": change, "pretrain_wall_s": t_pre, "rungs": rungs}
     write_json(path, records)

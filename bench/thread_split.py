@@ -20,7 +20,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from tsm_speed import _sample, _train_steps, _worker  # noqa: E402
+
+from tsmflow.reporting.publish import git_commit  # noqa: E402
 
 
 def _run(fn, case, args, threads: int, n_procs: int) -> list[dict]:
@@ -68,8 +69,7 @@ def main() -> None:
                          "concurrent_1thread_slowest": c, "gain": 2 * s / c,
                          "all_serial": serial, "all_concurrent": concurrent})
             print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit(ROOT)
     rec = {"command": "bench/thread_split.py " + " ".join(sys.argv[1:]), "commit": commit,
            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
            "torch": torch.__version__, "load_avg_end": os.getloadavg()[0], "batch": a.batch,

@@ -57,7 +57,8 @@ rule make_claims:
 
 
 # docs/results/: the run's tables, claims and key plots, each under a provenance line (commit, config hash,
-# machine, wall time, command). It reads only results/; `git add docs/results` publishes a default run.
+# machine, wall time, command). It reads only results/; `make run` asks for it after `all`, and
+# `git add docs/results` publishes a default run.
 rule publish_results:
     input:
         unpack(get_published_inputs),

@@ -66,7 +66,7 @@ def test_evaluation_outputs(smoke):
             assert 0 <= m[cat] <= 100
             # T2I-CompBench layout: <category>/<prompt>_<6-digit idx>.png, images_per_prompt per prompt
             files = sorted((res / f"runs/{run}/compbench/{cat}").glob("*_0000*.png"))
-            assert len(files) == 3 * 10 and files[0].name.endswith("_000000.png")
+            assert len(files) == 3 * 2 and files[0].name.endswith("_000000.png")
         assert m["fid"] >= 0 and m["fid_n_samples"] == 16
     table = (res / "tables/base_models.md").read_text()
     assert "[TSM Table 1]" in table and "unet (pre-trained)" in table and "36.97" in table
@@ -146,6 +146,8 @@ def test_published_results_are_the_run_s_tables_byte_for_byte(smoke, snakemake_b
     """docs/results/ holds every table and the claims page as results/ has them, under one provenance line, and
     rule publish_results regenerates it byte for byte."""
     res, docs = smoke / "results", smoke / "docs/results"
+    r = run(snakemake_bin, root, smoke, "docs/results")  # a target of its own, after `all`
+    assert r.returncode == 0, r.stderr[-3000:]
     line = (docs / "README.md").read_text().splitlines()[2]
     assert "commit " in line and "config " in line and "CPUs" in line and "wall time" in line
     assert "command `snakemake --configfile config/smoke.yaml`" in line

@@ -26,9 +26,13 @@ def setup(snakemake) -> None:
         f = open(snakemake.log[0], "a", buffering=1)
         sys.stdout = sys.stderr = f
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    import torch
-    torch.set_num_threads(max(1, int(snakemake.threads)))
+    threads = max(1, int(snakemake.threads))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:  # a job that never imports torch does not pay its import (seconds); one that does later reads this
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     if snakemake.rule in TRAINING_RULES and snakemake.config.get("accelerate_launch") and not os.environ.get(CHILD):
+        import torch
         n = max(1, int(getattr(snakemake.resources, "gpu", 0) or 0))
         sys.exit(relaunch(sys.argv[0], n, use_cpu=not torch.cuda.is_available()))
 

@@ -28,12 +28,12 @@ def git_commit(repo) -> str:
 
 
 def machine() -> str:
-    try:
-        import torch
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    except ImportError:
-        gpu = "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}"
+    """Architecture, CPU count and GPU names (nvidia-smi's; importing torch to ask would cost seconds)."""
+    gpus = []
+    if shutil.which("nvidia-smi"):
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        gpus = [g.strip() for g in r.stdout.splitlines() if g.strip()] if r.returncode == 0 else []
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {', '.join(gpus) or 'no GPU'}"
 
 
 def wall_span(benchmark_dir, exclude: str = "publish_results") -> float | None:
