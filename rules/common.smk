@@ -314,17 +314,22 @@ def get_benchmark(rule, *wildcards):
     return f"{RESULTS}/benchmarks/{rule}/{'_'.join(wildcards) or rule}.tsv"
 
 
+CONFIG_THREAD_RULES = set()  # rules whose `threads:` come from config
+
+
 def get_threads(rule_name):
     """CPU threads of a rule's jobs: config `threads`, per rule or its `default` (a property of the machine that
     runs the DAG, like gpus_per_job: changing it reruns nothing)."""
+    CONFIG_THREAD_RULES.add(rule_name)
     return config["threads"].get(rule_name, config["threads"]["default"])
 
 
 def check_thread_rules():
-    """Called after the includes. A name in config `threads` that no rule has is a typo."""
-    unknown = sorted(set(config["threads"]) - {"default"} - {r.name for r in workflow.rules})
+    """Called after the includes. A name in config `threads` that takes no threads from config is a typo."""
+    unknown = sorted(set(config["threads"]) - {"default"} - CONFIG_THREAD_RULES)
     if unknown:
-        raise ValueError(f"config key threads: no rule named {', '.join(unknown)}")
+        raise ValueError(f"config key threads: no rule named {', '.join(unknown)} takes its threads from config "
+                         f"(those that do: {', '.join(sorted(CONFIG_THREAD_RULES))})")
 
 
 def gpu_resources():

@@ -131,3 +131,4 @@ use rule evaluate_run as evaluate_run_fid with:
         get_log("evaluate_run_fid", "{run}"),
     benchmark:
         get_benchmark("evaluate_run_fid", "{run}")
+    threads: get_threads("evaluate_run_fid")
