@@ -80,8 +80,8 @@ def main() -> None:
     md = [f"# One 2-thread job vs two concurrent 1-thread jobs",
           "",
           f"Made by `.venv/bin/python {rec['command']}` at commit {commit} ({rec['machine']}, {rec['cpus']} CPUs, "
-          f"no GPU, torch {rec['torch']}). Middle of {a.repeats} sorted rounds (the upper one of an even count); concurrent takes the slower of the two "
-          f"processes. Training: rank-4 expert step, batch {a.batch}. Sampling: {a.images} images, "
+          f"no GPU, torch {rec['torch']}). Middle of {a.repeats} sorted rounds (the upper one of an "
+          f"even count); concurrent takes the slower of the two processes. Training: rank-4 expert step, batch {a.batch}. Sampling: {a.images} images, "
           f"DDIM/Euler {sample_steps} steps (a solver's step costs one model call like any other). gain = 2 x serial / concurrent: above 1, two "
           "1-thread jobs do more work per second than one 2-thread job.",
           "",

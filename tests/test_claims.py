@@ -42,6 +42,8 @@ def test_verdicts_follow_the_stated_test():
     assert verdict(a, b, "lower")["verdict"] == "within noise"
     assert verdict(group_stats(METRICS, ["a"], "fid"), group_stats(METRICS, ["c"], "fid"), "lower")["verdict"] == "holds"
     assert verdict(group_stats({"x": {"fid": 1.0}}, ["x"], "fid"), b, "lower")["verdict"] == "no standard error"
+    same = {"mean": 1.0, "var": 0.0}  # identical seeds: no spread, no difference
+    assert verdict(same, same, "lower") == {"d": 0.0, "se": 0.0, "z": 0.0, "verdict": "within noise"}
 
 
 def test_claims_page_has_paper_numbers_ours_and_verdicts(tmp_path):

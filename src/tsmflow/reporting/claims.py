@@ -54,7 +54,7 @@ def verdict(ours: dict, base: dict, better: str) -> dict:
     if ours["var"] is None or base["var"] is None:
         return {"d": d, "se": None, "z": None, "verdict": "no standard error"}
     se = float(np.sqrt(ours["var"] + base["var"]))
-    z = d / se if se > 0 else float("inf") * np.sign(d)
+    z = d / se if se > 0 else (0.0 if d == 0 else float(np.copysign(np.inf, d)))
     word = "holds" if z >= Z else "does not hold" if z <= -Z else "within noise"
     return {"d": d, "se": se, "z": z, "verdict": word}
 
