@@ -42,6 +42,19 @@ def test_object_count_probabilities_must_sum_to_one(snakemake_bin, root, tmp_pat
     assert r.returncode != 0 and "data.n_objects_p must sum to 1" in r.stdout + r.stderr
 
 
+def test_full_config_is_an_overlay_of_the_default(snakemake_bin, root, tmp_path):
+    """config/full.yaml merges key by key into the default: a valid config, larger sizes, 2-thread jobs."""
+    default, full = (yaml.safe_load((root / f"config/{n}.yaml").read_text()) for n in ("config", "full"))
+    assert full["evaluation"]["fid"]["n_samples"] > default["evaluation"]["fid"]["n_samples"]
+    assert full["sampling"]["steps"] > default["sampling"]["steps"] and "runs" not in full
+    r = subprocess.run([snakemake_bin, "-n", "-s", str(root / "Snakefile"), "--directory", str(tmp_path),
+                        "--configfile", str(root / "config/config.yaml"), str(root / "config/full.yaml"),
+                        "results/runs/base_unet/metrics.json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    job = r.stdout[r.stdout.index("rule evaluate_run:"):].split("\n\n")[0]
+    assert "threads: 2" in job  # the default gives evaluate_run 1 thread
+
+
 def test_threads_may_only_name_rules(snakemake_bin, root, tmp_path):
     r = dry_run(snakemake_bin, root, tmp_path, lambda c: c["threads"].__setitem__("train_expertx", 1))
     assert r.returncode != 0 and "config key threads: no rule named train_expertx" in r.stdout + r.stderr
