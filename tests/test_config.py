@@ -47,9 +47,10 @@ def test_full_config_is_an_overlay_of_the_default(snakemake_bin, root, tmp_path)
     default, full = (yaml.safe_load((root / f"config/{n}.yaml").read_text()) for n in ("config", "full"))
     assert full["evaluation"]["fid"]["n_samples"] > default["evaluation"]["fid"]["n_samples"]
     assert full["sampling"]["steps"] > default["sampling"]["steps"] and "runs" not in full
-    r = subprocess.run([snakemake_bin, "-n", "-s", str(root / "Snakefile"), "--directory", str(tmp_path),
-                        "--configfile", str(root / "config/config.yaml"), str(root / "config/full.yaml"),
-                        "results/runs/base_unet/metrics.json"], capture_output=True, text=True, timeout=300)
+    # the target goes first: whatever follows --configfile is read as one more config file
+    r = subprocess.run([snakemake_bin, "results/runs/base_unet/metrics.json", "-n", "-s", str(root / "Snakefile"),
+                        "--directory", str(tmp_path), "--configfile", str(root / "config/config.yaml"),
+                        str(root / "config/full.yaml")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     job = r.stdout[r.stdout.index("rule evaluate_run:"):].split("\n\n")[0]
     assert "threads: 2" in job  # the default gives evaluate_run 1 thread
