@@ -30,6 +30,7 @@ from tsmflow.data.grammar import CATEGORIES
 from tsmflow.data.io import write_json
 from tsmflow.evaluation.evaluator import load_evaluator
 from tsmflow.evaluation.fid import fid_from_stats, folder_features, load_stats
+from tsmflow.evaluation.stats import mean_se
 from tsmflow.reporting.publish import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def predicted_se(comp: dict, prompts: int, m: int) -> dict:
     """SE per category and of the mean over categories (independent prompt sets) at P prompts, m images each."""
     se = {c: float(np.sqrt(v["sb2"] / prompts + v["sw2"] / (prompts * m))) for c, v in comp.items()}
     cats = [c for c in CATEGORIES if c in se]
-    se["mean"] = float(np.sqrt(sum(se[c] ** 2 for c in cats)) / len(cats))
+    se["mean"] = mean_se(se[c] for c in cats)
     return se
 
 

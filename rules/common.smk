@@ -271,7 +271,7 @@ def get_table_runs(table):
     return list(dict.fromkeys(r for row in TABLES[table]["rows"] for r in (row.get("runs") or [row["run"]])))
 
 
-# outside results/ (git-ignored, under DVC) and outside `rule all`: publishing is a target of its own
+# outside results/ (git-ignored, under DVC) and outside the default target, publishing is a target of its own
 # (`make run` asks for it), so results/ stays complete without it
 PUBLISHED = "docs/results"
 

@@ -12,7 +12,7 @@ from ..data.io import DataError
 from ..reporting.tables import trainable_summary
 from .evaluator import Detector
 from .fid import bootstrap_fid, fid_from_stats, folder_features, load_stats
-from .signal import clustered_mean
+from .stats import clustered_mean
 
 
 def fid_record(model: Detector | None, folder, reference, feature_space: str, validated: bool,

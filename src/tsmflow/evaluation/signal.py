@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..data import grammar as G
 from .evaluator import argmax_label, detect
+from .stats import clustered_mean, mean_se
 
 SINGLE_ATTRS = ("shape", "color", "texture", "size")
 
@@ -46,15 +47,6 @@ def single_object_table(model, images: np.ndarray, items: list[tuple[str, str, s
     return pd.DataFrame(rows)
 
 
-def clustered_mean(df: pd.DataFrame, value: str, cluster: str = "prompt") -> dict:
-    """Mean of `value` with a standard error that treats `cluster` (prompts) as the sampling
-    unit: images of one prompt are not independent draws of the category."""
-    means = df.groupby(cluster)[value].mean()
-    n = len(means)
-    se = float(means.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-    return {"mean": float(df[value].mean()), "se": se, "n_images": int(len(df)), "n_prompts": int(n)}
-
-
 def single_object_summary(table: pd.DataFrame) -> dict:
     out = {}
     for attr in SINGLE_ATTRS:
@@ -72,7 +64,7 @@ def category_summary(scores: pd.DataFrame, value: str = "score") -> dict:
     cats = [c for c in G.CATEGORIES if c in out]
     if cats:
         out["mean"] = {"mean": float(np.mean([out[c]["mean"] for c in cats])),
-                       "se": float(np.sqrt(sum(out[c]["se"] ** 2 for c in cats)) / len(cats)),
+                       "se": mean_se(out[c]["se"] for c in cats),
                        "n_images": int(sum(out[c]["n_images"] for c in cats)),
                        "n_prompts": int(sum(out[c]["n_prompts"] for c in cats))}
     return out
@@ -108,7 +100,7 @@ def paired_effect(base: pd.DataFrame, tuned: pd.DataFrame, value: str = "score")
                     "diff": float(g["diff"].mean()), "se": se, "n_prompts": int(len(g))}
     cats = [c for c in G.CATEGORIES if c in out]
     diff = float(np.mean([out[c]["diff"] for c in cats]))
-    se = float(np.sqrt(sum(out[c]["se"] ** 2 for c in cats)) / len(cats))
+    se = mean_se(out[c]["se"] for c in cats)
     out["mean"] = {"base": float(np.mean([out[c]["base"] for c in cats])),
                    "tuned": float(np.mean([out[c]["tuned"] for c in cats])), "diff": diff, "se": se,
                    "n_prompts": int(sum(out[c]["n_prompts"] for c in cats))}

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..data.grammar import CATEGORIES
 from ..data.io import atomic_path
+from ..evaluation.stats import mean_se
 from .tables import METRIC_LABEL, PAPER_DIR, load_paper_table, paper_value
 
 Z = 2.0
@@ -29,7 +30,7 @@ def run_value(m: dict, metric: str) -> tuple[float | None, float | None]:
         if any(m.get(c) is None for c in CATEGORIES):
             return None, None
         ses = [m.get(f"{c}_se") for c in CATEGORIES]
-        se = float(np.sqrt(sum(s ** 2 for s in ses)) / len(ses)) if all(s is not None for s in ses) else None
+        se = mean_se(ses) if all(s is not None for s in ses) else None
         return float(np.mean([m[c] for c in CATEGORIES])), se
     return m.get(metric), m.get(f"{metric}_se")
 

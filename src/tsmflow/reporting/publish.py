@@ -60,8 +60,9 @@ def provenance(commit: str, config_hash: str, machine_name: str, wall_s: float |
 
 
 def publish(files: dict[str, str], out_dir, line: str) -> list[str]:
-    """Copy each results/ file to out_dir/<name> (out_dir: the rule's temporary folder): .md under a quoted provenance line, .csv under a `#` comment
-    line (pandas: comment="#"), .png with the line as its "provenance" text chunk. Returns the names written."""
+    """Copy each results/ file to out_dir/<name> (the rule's temporary folder): .md under a quoted provenance line,
+    .csv under a `#` comment line (pandas: comment="#"), .png with the line as its "provenance" text chunk.
+    Returns the names written."""
     out = Path(out_dir)
     written = []
     for name, src in sorted(files.items()):
