@@ -5,6 +5,10 @@ config overrides from the cached latents of a run (same data, VAE, text encoder 
     .venv/bin/python bench/signal_levers.py --name unet_g7.5 --sampling '{"guidance_scale": 7.5}'
     .venv/bin/python bench/signal_levers.py --name unet_lpb2 --train '{"arch": {"layers_per_block": 2},
         "train": {"steps": 1860}}'
+With --vae, the variant also gets its own VAE (config overrides of `vae`, trained on the run's training
+split and its latents cached once per VAE config, in results/levers/vae_<hash>/), e.g. a 16x16 latent:
+    .venv/bin/python bench/signal_levers.py --name unet_latent16 --vae '{"arch": {"channels": [16, 32]}}' \
+        --train '{"arch": {"channels": [32, 64, 128], "cross_attention": [false, true, false]}}'
 Records go to bench/results/signal_levers.json (a rerun replaces only its own name); the markdown
 beside it is rewritten from all of them. Variant models live in results/levers/<name>/, not in the DAG.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import platform
 import time
@@ -27,6 +32,7 @@ from tsmflow.evaluation.evaluator import ATTRS, load_evaluator
 from tsmflow.evaluation.signal import BINDING_OUTCOMES
 from tsmflow.models.backbone import load_mini_backbone
 from tsmflow.training.pretrain import pretrain_denoiser
+from tsmflow.training.vae import encode_latents, train_vae
 from tsmflow.reporting.publish import git_commit
 
 OUT = ROOT / "bench/results/signal_levers"
@@ -53,6 +59,7 @@ def markdown(records: dict) -> str:
         so = r["rungs"]["single_object"]
         lines.append(f"| {name} | {r['backbone']} | `{json.dumps(r['change'])}` | "
                      + (f"{r['pretrain_wall_s']:.0f}" if "train" in r["change"] else "-")
+                     + (f" (+{r['vae_wall_s']:.0f} VAE)" if "vae" in r["change"] else "")
                      + f" | {r['rungs']['wall_s']:.0f} | "
                      + " | ".join(fmt(so[a], True) for a in ATTRS) + " | "
                      + " | ".join(fmt(cb[c]) for c in CATEGORIES) + f" | {fmt(cb['mean'])} | {cb['mean']['n_images']} |")
@@ -77,6 +84,7 @@ def main() -> None:
     ap.add_argument("--results", default="results")
     ap.add_argument("--train", default=None, help="JSON overrides of backbones.<backbone>: pre-train a variant")
     ap.add_argument("--sampling", default="{}", help="JSON overrides of the sampling block")
+    ap.add_argument("--vae", default=None, help="JSON overrides of the vae block: a variant VAE (needs --train)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     path = OUT.with_suffix(".json")
@@ -90,8 +98,22 @@ def main() -> None:
     res = ROOT / args.results
     sampling = json.loads(args.sampling)
     cfg["sampling"] = merge(cfg["sampling"], sampling)
-    model, t_pre = res / "models/base" / args.backbone, 0.0
+    model, t_pre, t_vae = res / "models/base" / args.backbone, 0.0, 0.0
+    vae, latents = res / "models/vae", res / "data/train_latents.safetensors"
     change = {"sampling": sampling} if sampling else {}
+    if args.vae:
+        if not args.train:
+            ap.error("--vae needs --train: a new latent space needs its own denoiser")
+        vcfg = merge(cfg["vae"], json.loads(args.vae))
+        change["vae"] = json.loads(args.vae)
+        vdir = res / "levers" / f"vae_{hashlib.sha256(json.dumps(vcfg, sort_keys=True).encode()).hexdigest()[:8]}"
+        vae, latents = vdir / "model", vdir / "train_latents.safetensors"
+        t0 = time.perf_counter()
+        if not (vae / "config.json").is_file():
+            train_vae(res / "data/train", vcfg, vae)
+        if not latents.is_file():
+            encode_latents(res / "data/train", vae, latents)
+        t_vae = time.perf_counter() - t0
     if args.train:
         over = json.loads(args.train)
         change["train"] = over
@@ -99,18 +121,17 @@ def main() -> None:
         if not (model / "config.json").is_file():
             t0 = time.perf_counter()
             pretrain_denoiser(args.backbone, merge(cfg["backbones"][args.backbone], over),
-                              res / "data/train_latents.safetensors", res / "data/train/labels.jsonl",
-                              res / "models/vae", res / "models/text_encoder", model)
+                              latents, res / "data/train/labels.jsonl", vae, res / "models/text_encoder", model)
             t_pre = time.perf_counter() - t0
     evaluator = load_evaluator(res / "models/evaluator")
     prompts = {c: read_prompts(res / f"data/compbench/{c}_val.txt") for c in CATEGORIES}
-    bb = load_mini_backbone(args.backbone, model, res / "models/vae", res / "models/text_encoder")
+    bb = load_mini_backbone(args.backbone, model, vae, res / "models/text_encoder")
     rungs = backbone_rungs(bb, evaluator, cfg, prompts, 8, cfg["evaluation"]["images_per_prompt"])
     records = json.loads(path.read_text()) if path.is_file() else {}
     records[args.name] = {
         "commit": git_commit(ROOT),
         "machine": f"{platform.machine()} CPU, no GPU", "threads": args.threads, "backbone": args.backbone,
-        "change": change, "pretrain_wall_s": t_pre, "rungs": rungs}
+        "change": change, "pretrain_wall_s": t_pre, "vae_wall_s": t_vae, "rungs": rungs}
     write_json(path, records)
     OUT.with_suffix(".md").write_text(markdown(records))
     print(markdown({args.name: records[args.name]}))

@@ -155,3 +155,18 @@ def test_sample_weights_weight_the_loss(mini_backbone):
     first, second = loss(batch), loss({**batch, "weight": torch.tensor([0.0, 1.0])})
     assert not torch.allclose(first, second)
     assert torch.allclose(loss({**batch, "weight": torch.tensor([3.0, 1.0])}), 0.75 * first + 0.25 * second)
+
+
+def test_unet_cross_attention_is_chosen_per_level():
+    from tsmflow.models.mini import build_denoiser
+    arch = {"channels": [8, 16, 16], "layers_per_block": 1, "head_dim": 8, "norm_groups": 4}
+    default = build_denoiser("unet", arch, 4, 16, 16, 16)
+    assert [type(b).__name__ for b in default.down_blocks] == ["CrossAttnDownBlock2D"] * 2 + ["DownBlock2D"]
+    middle = build_denoiser("unet", {**arch, "cross_attention": [False, True, False]}, 4, 16, 16, 16)
+    assert [type(b).__name__ for b in middle.down_blocks] == ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    # the up path mirrors the down path
+    assert [type(b).__name__ for b in middle.up_blocks] == ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+    out = middle(torch.randn(2, 4, 16, 16), torch.tensor([1, 500]), encoder_hidden_states=torch.randn(2, 5, 16)).sample
+    assert out.shape == (2, 4, 16, 16)
+    with pytest.raises(ValueError, match="cross_attention has 2 entries for 3 levels"):
+        build_denoiser("unet", {**arch, "cross_attention": [True, False]}, 4, 16, 16, 16)

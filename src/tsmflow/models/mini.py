@@ -22,11 +22,16 @@ def build_denoiser(arch: str, cfg: dict, latent_channels: int, latent_size: int,
                    pooled_dim: int):
     if arch == "unet":
         n = len(cfg["channels"])
-        # cross-attention at every level: at 8x8 latents the top level is still cheap
+        # `cross_attention`: per level, top first. Default: every level but the lowest, as SD1.5 (cheap at 8x8
+        # latents); at 16x16 attention on the top level alone triples the cost of a step
+        attn = cfg.get("cross_attention", [True] * (n - 1) + [False])
+        if len(attn) != n:
+            raise ValueError(f"unet arch: cross_attention has {len(attn)} entries for {n} levels (channels)")
+        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn)
         return UNet2DConditionModel(
             sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
-            down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+            down_block_types=down,
+            up_block_types=tuple(b.replace("Down", "Up") for b in reversed(down)),
             block_out_channels=tuple(cfg["channels"]), layers_per_block=cfg["layers_per_block"],
             cross_attention_dim=text_dim, attention_head_dim=cfg["head_dim"],
             norm_num_groups=cfg["norm_groups"])
