@@ -352,6 +352,15 @@ def test_assembling_trains_only_routers(mini_backbone, tmp_path):
                                 [json.loads((tmp_path / "router" / "stats.json").read_text())])
     assert summary["trainable_params"] == stats["router_params"]
     assert 0 < summary["trainable_pct"] < 100
+    # the run's seed changes the routers (init, data order, t draws); the same seed repeats them exactly
+    from safetensors.torch import load_file
+    from tsmflow.runs import ROUTER_WEIGHTS
+    for name, seed in (("again", 0), ("seed1", 1)):
+        assemble_router(mini_backbone("unet"), {**spec, "seed": seed}, dirs,
+                        {"train": {"steps": 3, "batch_size": 4, "lr": 0.05}}, 0.1, lat, labels, tmp_path / name)
+    w0, again, w1 = (load_file(tmp_path / d / ROUTER_WEIGHTS) for d in ("router", "again", "seed1"))
+    assert all(torch.equal(w0[k], again[k]) for k in w0)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
 
 
 def test_gors_selection_thresholds_and_rewards():

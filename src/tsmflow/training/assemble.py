@@ -36,15 +36,22 @@ def _train_mixture(backbone, mixture, params, train_cfg: dict, caption_dropout: 
     return stats
 
 
+def seeded(train_cfg: dict, spec: dict) -> dict:
+    """A run's `seed` k shifts its own stage's train seed by 1000 k: router or expert init, data order, t draws."""
+    return {**train_cfg, "seed": train_cfg.get("seed", 0) + 1000 * spec.get("seed", 0)}
+
+
 def assemble_router(backbone: Backbone, spec: dict, expert_dirs, router_cfg: dict, caption_dropout: float,
                     latents_path, labels_path, out_dir) -> dict:
     freeze(backbone)
     scales = load_expert_sets(backbone, expert_dirs)
     models = lora_models(backbone, list(expert_dirs)[0])
+    train_cfg = seeded(router_cfg["train"], spec)
+    set_seed(train_cfg["seed"])  # the routers' initial weights too
     mixture = build_mixture(backbone, spec, scales, models)
     params = list(mixture.parameters())
     with resumable_output(out_dir) as (tmp, ckpt):
-        stats = _train_mixture(backbone, mixture, params, router_cfg["train"], caption_dropout, latents_path,
+        stats = _train_mixture(backbone, mixture, params, train_cfg, caption_dropout, latents_path,
                                labels_path, tmp, ckpt, desc=f"assemble router ({spec.get('core')} + {spec['context']})")
         stats.update(core=spec.get("core"), context=list(spec["context"]),
                      router_input=spec.get("router_input", "both"), per_token=spec.get("per_token", False),
@@ -58,7 +65,8 @@ def train_moe_lora(backbone: Backbone, spec: dict, lora_cfg: dict, latents_path,
     freeze(backbone)
     lspec = lora_spec(lora_cfg, spec["rank"])
     names = [f"moe{k}" for k in range(spec["n_experts"])]
-    set_seed(lora_cfg["train"].get("seed", 0))  # peft's random A init too: a rerun gives the same experts
+    train_cfg = {**seeded(lora_cfg["train"], spec), "steps": spec["steps"]}
+    set_seed(train_cfg["seed"])  # peft's random A init too: a rerun gives the same experts
     for name in names:
         add_lora(backbone, name, lspec)
     models = {k: m for k, (m, _) in lora_parts(backbone, lspec).items()}
@@ -68,7 +76,6 @@ def train_moe_lora(backbone: Backbone, spec: dict, lora_cfg: dict, latents_path,
     for p in experts:
         p.requires_grad_(True)
     params = experts + list(mixture.parameters())
-    train_cfg = {**lora_cfg["train"], "steps": spec["steps"]}
     with resumable_output(out_dir) as (tmp, ckpt):
         stats = _train_mixture(backbone, mixture, params, train_cfg, lora_cfg["caption_dropout"], latents_path,
                                labels_path, tmp, ckpt, desc=f"MoE-LoRA {spec['n_experts']}x r{spec['rank']}")
