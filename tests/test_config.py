@@ -56,6 +56,25 @@ def test_full_config_is_an_overlay_of_the_default(snakemake_bin, root, tmp_path)
     assert "threads: 2" in job  # the default gives evaluate_run 1 thread
 
 
+def test_full_config_adds_the_dit_and_mmdit_ablations(root):
+    """TSM Tables 7, 8 and 11: the default holds the unet block, full.yaml restates it and adds dit and mmdit."""
+    default, full = (yaml.safe_load((root / f"config/{n}.yaml").read_text()) for n in ("config", "full"))
+
+    def runs(row):
+        return row.get("runs", [row.get("run")])
+
+    def backbones(rows):
+        return {default["runs"][r]["backbone"] for row in rows for r in runs(row)}
+
+    for t in ("tsm_table7", "tsm_table8", "tsm_table11"):
+        rows, full_rows = default["tables"][t]["rows"], full["tables"][t]["rows"]
+        assert backbones(rows) == {"unet"} and backbones(full_rows) == {"unet", "dit", "mmdit"}
+        assert [r for r in full_rows if backbones([r]) == {"unet"}] == rows
+    for name, c in full["claims"].items():
+        assert name not in default["claims"]
+        assert all(r in default["runs"] for side in ("ours", "baseline") for r in c[side]["runs"])
+
+
 def test_threads_may_only_name_rules(snakemake_bin, root, tmp_path):
     r = dry_run(snakemake_bin, root, tmp_path, lambda c: c["threads"].__setitem__("train_expertx", 1))
     assert r.returncode != 0 and "config key threads: no rule named train_expertx" in r.stdout + r.stderr
