@@ -9,6 +9,8 @@ With --vae, the variant also gets its own VAE (config overrides of `vae`, traine
 split and its latents cached once per VAE config, in results/levers/vae_<hash>/), e.g. a 16x16 latent:
     .venv/bin/python bench/signal_levers.py --name unet_latent16 --vae '{"arch": {"channels": [16, 32]}}' \
         --train '{"arch": {"channels": [32, 64, 128], "cross_attention": [false, true, false]}}'
+With --init, pre-training continues from a saved denoiser (a new schedule of --train's steps), e.g. 3000 more steps:
+    .venv/bin/python bench/signal_levers.py --name unet_6000 --init results/models/base/unet --train '{}'
 Records go to bench/results/signal_levers.json (a rerun replaces only its own name); the markdown
 beside it is rewritten from all of them. Variant models live in results/levers/<name>/, not in the DAG.
 """
@@ -86,6 +88,7 @@ def main() -> None:
     ap.add_argument("--sampling", default="{}", help="JSON overrides of the sampling block")
     ap.add_argument("--vae", default=None, help="JSON overrides of the vae block: a variant VAE (needs --train)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default=None, help="continue pre-training from this saved denoiser (with --train)")
     args = ap.parse_args()
     path = OUT.with_suffix(".json")
     if args.markdown_only:
@@ -94,6 +97,7 @@ def main() -> None:
     if not args.name:
         ap.error("--name is required")
     torch.set_num_threads(args.threads)
+    commit = git_commit(ROOT)  # at launch: the code that trains and samples
     cfg = yaml.safe_load((ROOT / args.config).read_text())
     res = ROOT / args.results
     sampling = json.loads(args.sampling)
@@ -117,11 +121,14 @@ def main() -> None:
     if args.train:
         over = json.loads(args.train)
         change["train"] = over
+        if args.init:
+            change["init"] = args.init
         model = res / "levers" / args.name
         if not (model / "config.json").is_file():
             t0 = time.perf_counter()
             pretrain_denoiser(args.backbone, merge(cfg["backbones"][args.backbone], over),
-                              latents, res / "data/train/labels.jsonl", vae, res / "models/text_encoder", model)
+                              latents, res / "data/train/labels.jsonl", vae, res / "models/text_encoder", model,
+                              init_dir=ROOT / args.init if args.init else None)
             t_pre = time.perf_counter() - t0
     evaluator = load_evaluator(res / "models/evaluator")
     prompts = {c: read_prompts(res / f"data/compbench/{c}_val.txt") for c in CATEGORIES}
@@ -129,7 +136,7 @@ def main() -> None:
     rungs = backbone_rungs(bb, evaluator, cfg, prompts, 8, cfg["evaluation"]["images_per_prompt"])
     records = json.loads(path.read_text()) if path.is_file() else {}
     records[args.name] = {
-        "commit": git_commit(ROOT),
+        "commit": commit,
         "machine": f"{platform.machine()} CPU, no GPU", "threads": args.threads, "backbone": args.backbone,
         "change": change, "pretrain_wall_s": t_pre, "vae_wall_s": t_vae, "rungs": rungs}
     write_json(path, records)

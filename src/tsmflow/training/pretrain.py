@@ -25,13 +25,16 @@ def load_latents(latents_path, labels_path) -> tuple[dict, list[str]]:
     return {"latent_mean": lat["mean"], "latent_std": lat["std"]}, captions
 
 
-def pretrain_denoiser(arch: str, cfg: dict, latents_path, labels_path, vae_dir, text_dir, out_dir) -> dict:
-    bb = load_mini_backbone(arch, None, vae_dir, text_dir)
+def pretrain_denoiser(arch: str, cfg: dict, latents_path, labels_path, vae_dir, text_dir, out_dir,
+                      init_dir=None) -> dict:
+    """`init_dir`: continue from that saved denoiser (its arch; cfg["arch"] is then unused) instead of fresh weights."""
+    bb = load_mini_backbone(arch, init_dir, vae_dir, text_dir)
     text_cfg = bb.text_encoders[0].config
     c, s, _ = bb.latent_shape
     tcfg = TrainConfig.from_dict(cfg["train"])
     set_seed(tcfg.seed)  # the initial weights too: a rerun gives the same model
-    bb.denoiser = build_denoiser(arch, cfg["arch"], c, s, text_cfg.hidden_size, text_cfg.projection_dim)
+    if init_dir is None:
+        bb.denoiser = build_denoiser(arch, cfg["arch"], c, s, text_cfg.hidden_size, text_cfg.projection_dim)
     bb.noise_scheduler = build_scheduler(cfg["objective"], cfg["num_train_timesteps"])
     tensors, captions = load_latents(latents_path, labels_path)
     objective = DiffusionObjective(bb, caption_dropout=cfg["caption_dropout"])
