@@ -75,6 +75,11 @@ def test_full_config_adds_the_dit_and_mmdit_ablations(root):
         assert all(r in default["runs"] for side in ("ours", "baseline") for r in c[side]["runs"])
 
 
+def test_a_run_seed_is_refused_where_nothing_would_use_it(snakemake_bin, root, tmp_path):
+    r = dry_run(snakemake_bin, root, tmp_path, lambda c: c["runs"]["tsm1_unet"].__setitem__("seed", 1))
+    assert r.returncode != 0 and "tsm1_unet" in r.stdout + r.stderr
+
+
 def test_threads_may_only_name_rules(snakemake_bin, root, tmp_path):
     r = dry_run(snakemake_bin, root, tmp_path, lambda c: c["threads"].__setitem__("train_expertx", 1))
     assert r.returncode != 0 and "config key threads: no rule named train_expertx" in r.stdout + r.stderr
