@@ -170,3 +170,10 @@ def test_unet_cross_attention_is_chosen_per_level():
     assert out.shape == (2, 4, 16, 16)
     with pytest.raises(ValueError, match="cross_attention has 2 entries for 3 levels"):
         build_denoiser("unet", {**arch, "cross_attention": [True, False]}, 4, 16, 16, 16)
+
+
+def test_seeded_shifts_only_the_seed():
+    from tsmflow.training.loop import seeded
+    cfg = {"seed": 3, "lr": 0.1}
+    assert seeded(cfg, 2, 5) == {"seed": 2008, "lr": 0.1} and cfg == {"seed": 3, "lr": 0.1}
+    assert seeded({}, 0)["seed"] == 0

@@ -17,7 +17,7 @@ from ..data.io import write_json
 from ..models.backbone import Backbone
 from ..runs import ROUTER_CONFIG, ROUTER_WEIGHTS, attach, build_mixture, load_expert_sets, lora_models, moe_mixture
 from .experts import freeze, load_task_data, lora_spec, model_params
-from .loop import TrainConfig, infinite_batches, resumable_output, train
+from .loop import TrainConfig, infinite_batches, resumable_output, seeded, train
 from .objectives import DiffusionObjective
 
 
@@ -36,17 +36,12 @@ def _train_mixture(backbone, mixture, params, train_cfg: dict, caption_dropout: 
     return stats
 
 
-def seeded(train_cfg: dict, spec: dict) -> dict:
-    """A run's `seed` k shifts its own stage's train seed by 1000 k: router or expert init, data order, t draws."""
-    return {**train_cfg, "seed": train_cfg.get("seed", 0) + 1000 * spec.get("seed", 0)}
-
-
 def assemble_router(backbone: Backbone, spec: dict, expert_dirs, router_cfg: dict, caption_dropout: float,
                     latents_path, labels_path, out_dir) -> dict:
     freeze(backbone)
     scales = load_expert_sets(backbone, expert_dirs)
     models = lora_models(backbone, list(expert_dirs)[0])
-    train_cfg = seeded(router_cfg["train"], spec)
+    train_cfg = seeded(router_cfg["train"], spec.get("seed", 0))
     set_seed(train_cfg["seed"])  # the routers' initial weights too
     mixture = build_mixture(backbone, spec, scales, models)
     params = list(mixture.parameters())
@@ -65,7 +60,7 @@ def train_moe_lora(backbone: Backbone, spec: dict, lora_cfg: dict, latents_path,
     freeze(backbone)
     lspec = lora_spec(lora_cfg, spec["rank"])
     names = [f"moe{k}" for k in range(spec["n_experts"])]
-    train_cfg = {**seeded(lora_cfg["train"], spec), "steps": spec["steps"]}
+    train_cfg = {**seeded(lora_cfg["train"], spec.get("seed", 0)), "steps": spec["steps"]}
     set_seed(train_cfg["seed"])  # peft's random A init too: a rerun gives the same experts
     for name in names:
         add_lora(backbone, name, lspec)

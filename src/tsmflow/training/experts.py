@@ -18,7 +18,7 @@ from ..expert_sets import ExpertSet
 from ..adapters.lora import LoraSpec, add_lora, save_lora
 from ..data.io import DataError, read_labels, write_json
 from ..models.backbone import Backbone
-from .loop import TrainConfig, infinite_batches, resumable_output, train
+from .loop import TrainConfig, infinite_batches, resumable_output, seeded, train
 from .objectives import DiffusionObjective, UniformTimesteps
 
 
@@ -63,8 +63,7 @@ def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dic
     spec = lora_spec(lora_cfg, es.rank)
     freeze(backbone)
     name = es.adapter_name(interval)
-    tcfg = TrainConfig.from_dict({**lora_cfg["train"], "steps": es.steps,
-                                  "seed": lora_cfg["train"].get("seed", 0) + 1000 * es.seed + interval})
+    tcfg = TrainConfig.from_dict({**seeded(lora_cfg["train"], es.seed, interval), "steps": es.steps})
     set_seed(tcfg.seed)  # peft's random A init too: a rerun gives the same expert
     params = add_lora(backbone, name, spec)
     if param_groups is not None:

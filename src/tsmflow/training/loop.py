@@ -72,6 +72,12 @@ class TrainConfig:
         return cls(**d)
 
 
+def seeded(train_cfg: dict, seed: int, offset: int = 0) -> dict:
+    """A train block for seed k of a stage: its seed shifted by 1000 k + offset (e.g. an expert's interval), so
+    seeds change init, data order and t draws, and a rerun of one seed repeats it."""
+    return {**train_cfg, "seed": train_cfg.get("seed", 0) + 1000 * seed + offset}
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     mp = cfg.mixed_precision
     if mp == "auto":
