@@ -107,6 +107,13 @@ def test_compbench_split(category):
             assert scene.objects[0].diameter > scene.objects[1].diameter
 
 
+@pytest.mark.parametrize("category", G.CATEGORIES)
+def test_more_training_prompts_keep_the_validation_prompts(category):
+    small_train, val = G.compbench_split(category, 10, 12, seed=0, rare_pairs=RARE, p_rare=0.5)
+    big_train, same_val = G.compbench_split(category, 40, 12, seed=0, rare_pairs=RARE, p_rare=0.5)
+    assert same_val == val and big_train[:10] == small_train
+
+
 def test_compbench_split_too_many_prompts_is_a_clear_error():
     with pytest.raises(ValueError, match="distinct prompts"):
         G.compbench_split("texture", 400, 400, seed=0, rare_pairs=RARE, p_rare=0.5)

@@ -218,7 +218,10 @@ def compbench_prompt(category: str, rng: np.random.Generator,
 
 def compbench_split(category: str, n_train: int, n_val: int, seed: int,
                     rare_pairs: set[tuple[str, str]], p_rare: float) -> tuple[list[str], list[str]]:
-    """Disjoint train/val prompt lists for one category, deterministic in `seed`."""
+    """Disjoint train/val prompt lists for one category, deterministic in `seed`.
+
+    The validation prompts are drawn first, so `n_train` can grow without changing the prompts every table reports.
+    """
     rng = np.random.default_rng([seed, CATEGORIES.index(category)])
     seen: dict[str, None] = {}
     misses = 0
@@ -228,7 +231,7 @@ def compbench_split(category: str, n_train: int, n_val: int, seed: int,
         seen.setdefault(p)
         if len(seen) == n_train + n_val:
             prompts = list(seen)
-            return prompts[:n_train], prompts[n_train:]
+            return prompts[n_val:], prompts[:n_val]
     raise ValueError(f"category {category}: only {len(seen)} distinct prompts exist, "
                      f"{n_train + n_val} were asked for")
 
