@@ -8,10 +8,15 @@ is one directory:
   ``transformer.*`` for the denoiser, ``text_encoder.*``), so a stock
   StableDiffusionPipeline / StableDiffusion3Pipeline loads it with
   ``load_lora_weights``;
-- ``adapter_config.json``: rank, alpha and targets, to rebuild the layers here.
+- ``adapter_config.json``: rank, alpha, targets and variant, to rebuild the layers here.
+
+`LoraSpec.variant` picks the adapter of the same layers: ``lora``, ``dora`` (peft's
+``use_dora``; diffusers loads its magnitude vectors too) or ``lorad`` (WaDi's rotation,
+`lorad.py`; its files load here, not in a stock pipeline, whose sampling wants it merged).
 """
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -24,11 +29,13 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
 from ..models.backbone import Backbone
+from .lorad import lorad_config
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 CONFIG = "adapter_config.json"
 # diffusers' prefix for the denoiser of each architecture
 DENOISER_PREFIX = {"unet": "unet", "dit": "transformer", "mmdit": "transformer"}
+VARIANTS = ("lora", "dora", "lorad")
 
 
 @dataclass
@@ -38,11 +45,17 @@ class LoraSpec:
     denoiser_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     text_encoder_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     dropout: float = 0.0
+    variant: str = "lora"
 
     def config(self, targets: list[str]) -> LoraConfig:
         # init_lora_weights=True: A Kaiming-uniform, B zero, so a fresh adapter changes nothing
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(targets),
-                          lora_dropout=self.dropout, init_lora_weights=True)
+        kwargs = dict(r=self.rank, lora_alpha=self.alpha, target_modules=list(targets),
+                      lora_dropout=self.dropout, init_lora_weights=True)
+        if self.variant == "lorad":
+            return lorad_config(**kwargs)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown LoRA variant {self.variant!r}; expected one of {VARIANTS}")
+        return LoraConfig(**kwargs, use_dora=self.variant == "dora")
 
 
 def lora_parts(backbone: Backbone, spec: LoraSpec) -> dict[str, tuple[nn.Module, list[str]]]:
@@ -54,7 +67,7 @@ def lora_parts(backbone: Backbone, spec: LoraSpec) -> dict[str, tuple[nn.Module,
     return parts
 
 
-def _inject(spec: LoraSpec, targets: list[str], model: nn.Module, name: str) -> None:
+def inject(spec: LoraSpec, targets: list[str], model: nn.Module, name: str) -> None:
     with warnings.catch_warnings():  # several adapters in one model is what experts are
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         inject_adapter_in_model(spec.config(targets), model, adapter_name=name)
@@ -69,7 +82,7 @@ def add_lora(backbone: Backbone, name: str, spec: LoraSpec) -> list[nn.Parameter
     """Inject adapter `name` into the denoiser (and text encoders); returns its parameters."""
     params = []
     for model, targets in lora_parts(backbone, spec).values():
-        _inject(spec, targets, model, name)
+        inject(spec, targets, model, name)
         params += adapter_parameters(model, name)
     if not params:
         raise ValueError(f"LoRA targets {spec.denoiser_targets} matched no module of the {backbone.arch} denoiser")
@@ -86,13 +99,34 @@ def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
 
 def save_lora(out_dir, backbone: Backbone, name: str, spec: LoraSpec, extra: dict | None = None) -> None:
     """Write adapter `name` as diffusers-format safetensors plus its config (into an existing dir)."""
+    save_adapter(out_dir, {prefix: model for prefix, (model, _) in lora_parts(backbone, spec).items()}, name, spec,
+                 {"arch": backbone.arch, **(extra or {})})
+
+
+def save_adapter(out_dir, models: dict[str, nn.Module], name: str, spec: LoraSpec, extra: dict | None = None) -> None:
+    """Adapter `name` of each model, keyed by its diffusers prefix, in the layout `save_lora` writes."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     tensors = {}
-    for prefix, (model, _) in lora_parts(backbone, spec).items():
+    for prefix, model in models.items():
         sd = get_peft_model_state_dict(model, adapter_name=name)
         tensors.update({f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in sd.items()})
     save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt"})
-    (out / CONFIG).write_text(json.dumps({**asdict(spec), "arch": backbone.arch, **(extra or {})}, indent=2))
+    (out / CONFIG).write_text(json.dumps({**asdict(spec), **(extra or {})}, indent=2))
+
+
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """A plain, frozen copy of `model` with its active peft adapters merged into the weights.
+
+    Each layer merges by its own rule (LoRA adds B A, DoRA rescales, LoRaD rotates), then gives way to its base layer.
+    """
+    merged = copy.deepcopy(model)
+    for key, module in list(merged.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent, _, child = key.rpartition(".")
+            setattr(merged.get_submodule(parent) if parent else merged, child, module.get_base_layer())
+    return merged.requires_grad_(False)
 
 
 def read_lora_spec(adapter_dir) -> tuple[LoraSpec, dict]:
@@ -114,7 +148,7 @@ def load_lora(backbone: Backbone, adapter_dir, name: str) -> LoraSpec:
         sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
         if not sd:
             raise ValueError(f"{adapter_dir}: no weights for {prefix!r}")
-        _inject(spec, targets, model, name)
+        inject(spec, targets, model, name)
         result = set_peft_model_state_dict(model, sd, adapter_name=name)
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{adapter_dir}: unexpected keys for {prefix}: {result.unexpected_keys[:3]}")

@@ -3,6 +3,9 @@
 Solvers (`SOLVERS`), all diffusers schedulers: `first_order` is DDIM for eps/v models and
 Euler for flow; `dpmsolver++` (2nd-order multistep) and `unipc` serve both, flow included.
 
+`renoise` is a distilled few-step student's sampler (DMD2): at each of its `timesteps`
+it predicts x0, and re-noises it with fresh noise to the next; one model call per step, no guidance.
+
 Each image's initial noise comes from its own seed, so an image depends only on
 (prompt, seed, model), never on batch size or order. `model_fn` lets adapters
 that depend on t (TSM experts, routers, DeMe ensembles) take over the denoiser call.
@@ -18,15 +21,16 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEule
 from tqdm.auto import tqdm
 
 from ..models.backbone import Backbone, cat_cond, repeat_cond
+from ..training.objectives import noisy_and_target, predicted_x0
 
 
-SOLVERS = ("first_order", "dpmsolver++", "unipc")
+SOLVERS = ("first_order", "dpmsolver++", "unipc", "renoise")
 MULTISTEP = {"dpmsolver++": DPMSolverMultistepScheduler, "unipc": UniPCMultistepScheduler}
 
 
 def inference_scheduler(backbone: Backbone, solver: str = "first_order"):
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+    if solver not in SOLVERS or solver == "renoise":
+        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS[:-1]}")
     train_cfg = backbone.noise_scheduler.config
     if solver != "first_order":
         cls = MULTISTEP[solver]
@@ -56,10 +60,16 @@ def decode(backbone: Backbone, latents: torch.Tensor) -> np.ndarray:
 def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: int = 25,
              guidance_scale: float = 5.0, batch_size: int = 64,
              model_fn: Callable | None = None, progress: bool = True, desc: str = "sampling",
-             solver: str = "first_order") -> np.ndarray:
-    """Generate one image per (prompt, seed); returns uint8 (N, H, W, 3)."""
+             solver: str = "first_order", timesteps: list[int] | None = None) -> np.ndarray:
+    """Generate one image per (prompt, seed); returns uint8 (N, H, W, 3).
+
+    `timesteps` (on the model's own T) are the renoise solver's, which ignores `steps` and `guidance_scale`."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if solver == "renoise":
+        if not timesteps:
+            raise ValueError("the renoise solver needs the student's timesteps")
+        return _generate_renoise(backbone, prompts, seeds, list(timesteps), batch_size, progress, desc)
     model_fn = model_fn or backbone.predict
     device = backbone.device
     dtype = next(backbone.denoiser.parameters()).dtype
@@ -87,4 +97,31 @@ def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: in
             pu, pc = pred.chunk(2)
             x = sched.step(pu + guidance_scale * (pc - pu), t, x.float()).prev_sample.to(dtype)
         out.append(decode(backbone, x))
+    return np.concatenate(out)
+
+
+def step_noise(seeds: list[int], step: int, shape: tuple[int, int, int]) -> torch.Tensor:
+    """The fresh noise of re-noising step `step` of each image, from (its seed, step) alone."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
+        int(np.random.SeedSequence([int(s), step]).generate_state(1)[0]))) for s in seeds])
+
+
+def _generate_renoise(backbone: Backbone, prompts, seeds, timesteps, batch_size, progress, desc) -> np.ndarray:
+    device = backbone.device
+    dtype = next(backbone.denoiser.parameters()).dtype
+    sched, objective = backbone.noise_scheduler, backbone.objective
+    out = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, mininterval=2.0):
+        p, s = prompts[i:i + batch_size], seeds[i:i + batch_size]
+        cond = backbone.encode(p)
+        x = initial_noise(s, backbone.latent_shape).to(device, dtype)
+        for k, t in enumerate(timesteps):
+            tt = torch.full((len(p),), t, device=device)
+            backbone.route(tt)
+            x0 = predicted_x0(sched, objective, x.float(), backbone.predict(x, tt, cond).float(), tt)
+            if k + 1 < len(timesteps):
+                noise = step_noise(s, k + 1, backbone.latent_shape).to(device)
+                nxt = torch.full((len(p),), timesteps[k + 1], device=device)
+                x = noisy_and_target(sched, objective, x0, noise, nxt)[0].to(dtype)
+        out.append(decode(backbone, x0.to(dtype)))
     return np.concatenate(out)

@@ -115,7 +115,7 @@ def resumable_output(out_dir):
 def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: Iterator[dict],
           cfg: TrainConfig, loss_csv: str | Path, desc: str = "train",
           accelerator: Accelerator | None = None, checkpoint: str | Path | None = None,
-          on_step: Callable[[int], None] | None = None) -> dict:
+          on_step: Callable[[int], None] | None = None, phases: list[str] | None = None) -> dict:
     """Optimise `params` of `objective` for cfg.steps optimizer steps.
 
     `params` holds parameters, or torch param-group dicts (``{"params": [...], "lr": ..., "weight_decay": ...}``)
@@ -126,6 +126,12 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
     resumes from that file if it holds a matching earlier run, and saves it
     every cfg.checkpoint_every steps and at the end. `on_step(step)` runs on the main
     process after every optimizer step (e.g. to save snapshots for FID over iterations).
+
+    `phases` alternates what trains (e.g. DMD2's fake-score and generator updates, ``["fake"] * 5 + ["student"]``):
+    optimizer step k belongs to phase ``phases[k % len(phases)]``, the objective is called as
+    ``objective(batch, phase=...)``, and param groups with a ``"phase"`` key step only in their phase (their
+    gradients are dropped otherwise, so AdamW leaves their weights and moments as they are). The loss curve adds a
+    ``loss_<phase>`` column per phase.
     """
     set_seed(cfg.seed)
     acc = accelerator or make_accelerator(cfg)
@@ -153,19 +159,23 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
     while step < cfg.steps:
         batch = to_device(shard(next(batches), acc.process_index, acc.num_processes), acc.device)
         drawn += 1
+        phase = phases[step % len(phases)] if phases else None
         with acc.accumulate(objective):
-            loss = objective(batch)
+            loss = objective(batch, phase=phase) if phases else objective(batch)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"{desc}: loss is {loss.item()} at optimizer step {step + 1}")
+                raise NonFiniteLossError(f"{desc}: loss is {loss.item()} at optimizer step {step + 1}"
+                                         + (f" (phase {phase})" if phase else ""))
             acc.backward(loss)
             if acc.sync_gradients and cfg.max_grad_norm:
                 acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            if phase is not None:
+                _drop_other_phases(opt, phase)
             opt.step()
             sched.step()
             # set_to_none=False: adapters that got no gradient this step keep a zero
             # grad instead of None, so AdamW treats every parameter the same way
             opt.zero_grad(set_to_none=False)
-        window.append(loss.item())
+        window.append((phase, loss.item()))
         seen += _batch_len(batch)
         if not acc.sync_gradients:
             continue
@@ -173,8 +183,9 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             elapsed = time.perf_counter() - t0
-            rows.append({"step": step, "loss": sum(window) / len(window), "lr": sched.get_last_lr()[0],
-                         "samples_per_s": seen / elapsed, "elapsed_s": elapsed})
+            rows.append({"step": step, "loss": sum(v for _, v in window) / len(window),
+                         "lr": sched.get_last_lr()[0], "samples_per_s": seen / elapsed, "elapsed_s": elapsed,
+                         **_phase_losses(window, phases)})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
             window = []
         if on_step is not None and acc.is_main_process:
@@ -190,6 +201,22 @@ def train(objective: nn.Module, params: Iterable[torch.nn.Parameter], batches: I
     return {"steps": cfg.steps, "samples_seen": seen, "wall_s": elapsed, "samples_per_s": seen / elapsed,
             "final_loss": rows[-1]["loss"] if rows else math.nan,
             "trainable_params": sum(p.numel() for p in params)}
+
+
+def _drop_other_phases(opt, phase: str) -> None:
+    for g in opt.param_groups:
+        if g.get("phase", phase) != phase:
+            for p in g["params"]:
+                p.grad = None
+
+
+def _phase_losses(window: list[tuple], phases: list[str] | None) -> dict:
+    """Mean loss of each phase over a logging window (NaN for a phase the window did not reach)."""
+    out = {}
+    for ph in dict.fromkeys(phases or []):
+        vals = [v for p, v in window if p == ph]
+        out[f"loss_{ph}"] = sum(vals) / len(vals) if vals else math.nan
+    return out
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -312,7 +339,8 @@ def _batch_len(batch: dict) -> int:
 def _write_curve(path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "samples_per_s", "elapsed_s"])
+            extra = [k for k in (rows[0] if rows else {}) if k.startswith("loss_")]
+            w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "samples_per_s", "elapsed_s", *extra])
             w.writeheader()
             w.writerows(rows)
 

@@ -62,6 +62,17 @@ def noisy_and_target(scheduler, objective: str, x0, noise, t):
     return xt, noise
 
 
+def predicted_x0(scheduler, objective: str, xt, pred, t):
+    """The clean sample a prediction implies at timestep t: the inverse of `noisy_and_target` (per sample t)."""
+    if objective == "flow":
+        s = (t.float() / scheduler.config.num_train_timesteps).view(-1, 1, 1, 1)
+        return xt - s * pred
+    abar = scheduler.alphas_cumprod.to(xt.device)[t].float().view(-1, 1, 1, 1)
+    if objective == "v":
+        return abar.sqrt() * xt - (1 - abar).sqrt() * pred
+    return (xt - (1 - abar).sqrt() * pred) / abar.sqrt()
+
+
 class DiffusionObjective(nn.Module):
     """Denoising loss on cached latents with caption dropout (for classifier-free guidance).
 
