@@ -27,6 +27,7 @@ else:
     include: "rules/tsm.smk"
     include: "rules/deme.smk"
     include: "rules/dmp.smk"
+    include: "rules/distill.smk"
     include: "rules/evaluate.smk"
     include: "rules/report.smk"
 

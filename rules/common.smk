@@ -22,6 +22,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
 sys.path.insert(0, _pythonpath[0])  # the Snakefile itself parses expert-set names with the library
 
 from tsmflow.expert_sets import ExpertSet, run_expert_sets  # noqa: E402
+from tsmflow.students import student_sampling  # noqa: E402
 
 RESULTS = "results"
 SPLITS = ["train", "reference"]
@@ -34,6 +35,7 @@ TABLES = config["tables"]
 CLAIMS = config.get("claims", {})
 DEME_SETS = config.get("deme_sets") or {}  # DeMe: N range models of one backbone, merged by a search
 FINETUNES = config.get("finetunes") or {}  # further training: full fine-tuning, prompt tuning, DMP
+STUDENTS = config.get("students") or {}  # distilled few-step students (DMD2, WaDi)
 TASKS = ["gors", "post"]  # domain adaptation on GORS prompt images | post-pretraining on the pre-training data
 EXPERT_SET = r"[a-z0-9]+-[a-z0-9]+-n\d+-r\d+-s\d+(?:-seed\d+)?"
 
@@ -54,7 +56,8 @@ for _run, _spec in RUNS.items():
             raise ValueError(f"config key runs.{_run}: expert set {_name!r} is not on backbone {_spec['backbone']!r}")
 for _run, _spec in RUNS.items():
     _ref = {"finetune": ("finetune", FINETUNES, "finetunes"), "deme_ensemble": ("deme", DEME_SETS, "deme_sets"),
-            "deme_merged": ("deme", DEME_SETS, "deme_sets")}.get(_spec["method"])
+            "deme_merged": ("deme", DEME_SETS, "deme_sets"), "distill": ("student", STUDENTS, "students")}.get(
+        _spec["method"])
     if _ref and _spec.get(_ref[0]) not in _ref[1]:
         raise ValueError(f"config key runs.{_run}.{_ref[0]}: {_spec.get(_ref[0])!r} is not declared under {_ref[2]}")
     if _ref and _ref[1][_spec[_ref[0]]]["backbone"] != _spec["backbone"]:
@@ -65,6 +68,13 @@ for _run, _spec in RUNS.items():
 for _name, _d in {**DEME_SETS, **FINETUNES}.items():
     if _d["backbone"] not in BACKBONES or _d["task"] not in TASKS:
         raise ValueError(f"config: {_name!r} needs a backbone in {BACKBONES} and a task in {TASKS}")
+for _name, _d in STUDENTS.items():
+    if _d["backbone"] not in BACKBONES:
+        raise ValueError(f"config key students.{_name}.backbone: {_d['backbone']!r} is not in backbones")
+    if not config.get("distill"):
+        raise ValueError(f"config: students.{_name} is declared but the shared `distill` block is missing")
+    if _d["adapter"] != "full" and not _d.get("rank"):
+        raise ValueError(f"config key students.{_name}: adapter {_d['adapter']!r} needs a rank")
 for _table, _decl in TABLES.items():
     for _row in _decl["rows"]:
         for _r in _row.get("runs") or [_row["run"]]:
@@ -94,6 +104,7 @@ wildcard_constraints:
     range=r"\d+",
     deme_set="|".join(map(re.escape, DEME_SETS)) or "no_deme_sets",
     finetune="|".join(map(re.escape, FINETUNES)) or "no_finetunes",
+    student="|".join(map(re.escape, STUDENTS)) or "no_students",
 
 
 def get_split_dir(split):
@@ -183,6 +194,15 @@ def get_finetune_model_inputs(wildcards):
     return _backbone_inputs(FINETUNES[wildcards.finetune]["backbone"])
 
 
+def get_student_dir(name):
+    return f"{RESULTS}/students/{name}"
+
+
+def get_student_inputs(wildcards):
+    """The teacher (the backbone's pre-trained denoiser) and the prompts: the pre-training data's captions."""
+    return {**_backbone_inputs(STUDENTS[wildcards.student]["backbone"]), "data": get_split_dir("train")}
+
+
 def get_deme_range_dir(deme_set, i):
     return f"{RESULTS}/deme/{deme_set}/range{i}"
 
@@ -220,6 +240,8 @@ def get_run_model_inputs(wildcards):
         inputs["model"] = get_deme_merged_dir(spec["deme"])
     elif spec["method"] == "deme_ensemble":
         inputs["ranges"] = get_deme_range_dirs(spec["deme"])
+    elif spec["method"] == "distill":
+        inputs["model"] = get_student_dir(spec["student"])
     if spec["method"] in ("lora", "tsm1", "tsm2"):
         inputs["experts"] = [d for s in run_expert_sets(spec) for d in get_expert_dirs(s)]
     if spec["method"] == "tsm2":
@@ -236,6 +258,8 @@ def get_run_trained_dirs(wildcards):
         return [get_finetune_dir(spec["finetune"])]
     if spec["method"] in ("deme_ensemble", "deme_merged"):
         return get_deme_range_dirs(spec["deme"])
+    if spec["method"] == "distill":
+        return [get_student_dir(spec["student"])]
     inputs = get_run_model_inputs(wildcards)
     return list(inputs.get("experts", [])) + ([inputs["router"]] if "router" in inputs else [])
 
@@ -248,6 +272,15 @@ def run_evaluations(run):
 def get_sampling_params():
     """What a sampler reads of config `sampling` (the grid keys only shape sample grids)."""
     return {k: config["sampling"][k] for k in ("solver", "steps", "guidance_scale")}
+
+
+def get_run_sampling(run):
+    """A run's sampler: config `sampling`, or a distilled student's own (its timesteps, no guidance)."""
+    spec = RUNS[run]
+    if spec["method"] == "distill":
+        return student_sampling(STUDENTS[spec["student"]]["timesteps"],
+                                config["backbones"][spec["backbone"]]["num_train_timesteps"])
+    return get_sampling_params()
 
 
 def runs_regex(runs):

@@ -93,7 +93,7 @@ rule evaluate_run:
         run=runs_regex([r for r in RUNS if "compbench" in run_evaluations(r)]),
     params:
         run=lambda wc: RUNS[wc.run],
-        sampling=get_sampling_params(),
+        sampling=lambda wc: get_run_sampling(wc.run),
         images_per_prompt=config["evaluation"]["images_per_prompt"],
         seed=config["evaluation"]["seed"],
         fid=config["evaluation"]["fid"],
@@ -123,7 +123,7 @@ use rule evaluate_run as evaluate_run_fid with:
         run=runs_regex([r for r in RUNS if "compbench" not in run_evaluations(r)]),
     params:
         run=lambda wc: RUNS[wc.run],
-        sampling=get_sampling_params(),
+        sampling=lambda wc: get_run_sampling(wc.run),
         seed=config["evaluation"]["seed"],
         fid=config["evaluation"]["fid"],
         require_validated=config["evaluation"]["require_validated_evaluator"],

@@ -22,7 +22,8 @@ uses_evaluator = "compbench" in out.keys() or space in ("shapes", "patch")
 validated = check_validated(inp.validation, p.require_validated) if uses_evaluator else True
 evaluator = load_evaluator(inp.evaluator) if uses_evaluator else None
 bb = load_run_backbone(p.run, inp)
-kw = dict(steps=sampling["steps"], guidance_scale=sampling["guidance_scale"], solver=sampling["solver"])
+# a distilled student's sampler has its timesteps instead of steps and guidance
+kw = {k: sampling[k] for k in ("steps", "guidance_scale", "solver", "timesteps") if k in sampling}
 
 scores = None
 if "compbench" in out.keys():

@@ -12,7 +12,8 @@ from tsmflow.adapters.lorad import LoRaDLinear, lorad_config, lorad_param_count,
 from tsmflow.data.io import read_json
 from tsmflow.models.backbone import load_mini_backbone
 from tsmflow.sampling.sample import generate
-from tsmflow.training.distill import AdapterSpec, DMDObjective, adapted_copy, distill_student, scaled_timesteps
+from tsmflow.students import scaled_timesteps
+from tsmflow.training.distill import AdapterSpec, DMDObjective, adapted_copy, distill_student
 from tsmflow.training.loop import TrainConfig, train
 from tsmflow.training.objectives import noisy_and_target, predicted_x0
 
@@ -226,3 +227,19 @@ def test_renoise_sampler_depends_on_seed_not_batching_and_calls_once_per_step(mi
     assert not (other[0] == one[0]).all()
     with pytest.raises(ValueError, match="timesteps"):
         generate(bb, ["a red circle"], [0], solver="renoise")
+
+
+def test_weight_change_separates_norm_from_direction():
+    from tsmflow.evaluation.weights import change_summary, weight_change
+    teacher = _mlp()
+    same = weight_change(teacher, copy.deepcopy(teacher))
+    assert (same[["norm_change", "direction_change"]].abs().max() < 1e-9).all()
+    scaled = copy.deepcopy(teacher)
+    with torch.no_grad():
+        scaled[0].weight.mul_(1.1)
+    df = weight_change(teacher, scaled).set_index("layer")
+    assert df.loc["0.weight", "norm_change"] == pytest.approx(10.0) and df.loc["0.weight", "direction_change"] < 1e-9
+    _, rotated = _adapted("lorad")
+    _randomise(rotated)
+    s = change_summary(weight_change(teacher, merge_adapters(rotated)))
+    assert s["norm_change"] < 1e-4 and s["direction_change"] > 1 and s["weight_layers"] == 2

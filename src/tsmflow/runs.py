@@ -87,7 +87,7 @@ def load_run_backbone(spec: dict, inputs) -> Backbone:
     """`spec` is the run's config block; `inputs` the rule's named inputs (model, vae, text_encoder, ...)."""
     dmp = getattr(inputs, "dmp", None)  # a finetune run of prompts; otherwise `model` holds its weights
     full = spec["method"] == "finetune" and dmp is None
-    model = finetune_dir(spec, inputs.model) if full else inputs.model
+    model = finetune_dir(spec, inputs.model) if full else inputs.model  # a distill run's: the merged student
     bb = load_mini_backbone(spec["backbone"], model, inputs.vae, inputs.text_encoder)
     return attach_run_adapters(bb, spec, inputs)
 
@@ -100,7 +100,7 @@ def attach_run_adapters(bb: Backbone, spec: dict, inputs) -> Backbone:
     method = spec["method"]
     dmp = getattr(inputs, "dmp", None)
     full = method == "finetune" and dmp is None
-    if method in ("base", "deme_merged") or full:
+    if method in ("base", "deme_merged", "distill") or full:
         return bb
     if method == "finetune":
         load_dmp(bb, finetune_dir(spec, dmp))

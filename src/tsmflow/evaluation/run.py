@@ -47,4 +47,9 @@ def run_metrics(run: str, spec: dict, fid: dict, scores: pd.DataFrame | None, tr
                    fid_n_samples=fid["n_samples"], fid_feature_space=fid["feature_space"], run=run,
                    **{f"config_{k}": v for k, v in spec.items()})
     metrics.update(trainable_summary(spec, trained_stats))
+    if spec["method"] == "distill":  # its cost and how its weights moved (WaDi Table 2, Fig. 1)
+        st = trained_stats[0]
+        metrics.update(nfe=st["nfe"], **{k: st[k] for k in ("norm_change", "norm_change_std", "direction_change",
+                                                             "direction_change_std", "weight_layers")},
+                       train_wall_s=st["wall_s"])
     return metrics

@@ -20,12 +20,15 @@ PAPER_DIR = Path(__file__).resolve().parents[3] / "resources" / "paper_numbers"
 PAPER_METRIC = {
     "color": ("Color", "Col"), "shape": ("Shape", "Sha"), "texture": ("Texture", "Tex"),
     "spatial": ("Spatial", "Spa"), "non_spatial": ("Non-Spatial", "NS"), "complex": ("Complex", "Com"),
-    "fid": ("FID",), "trainable_pct": ("Trainable (%)",),
+    "fid": ("FID",), "trainable_pct": ("Trainable (%)",), "nfe": ("NFEs",),
+    "norm_change": ("NM",), "direction_change": ("DM",), "trainable_params_m": ("#Params (M)", "Trainable params (M)"),
 }
 METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spatial": "Spatial",
                 "non_spatial": "Non-Spatial", "complex": "Complex", "fid": "FID",
-                "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)"}
-DIGITS = {"trainable_params": 0, "trainable_pct": 4}
+                "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)", "nfe": "NFEs",
+                "norm_change": "Norm change NM (%)", "direction_change": "Direction change DM (%)",
+                "trainable_params_m": "Trainable params (M)"}
+DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4}
 PAPER_NAME = {"tsm": "TSM", "deme": "DeMe", "dmp": "DMP", "wadi": "WaDi"}
 
 
@@ -112,7 +115,9 @@ def _paper_tag(decl: dict) -> str:
     if not name:
         return "paper"
     paper, _, table = name.partition("_")
-    return f"{PAPER_NAME.get(paper, paper)} {table.replace('table', 'Table ').replace('supp_', 'Supp. ')}"
+    # tsm_table6 -> TSM Table 6, deme_supp_table1 -> DeMe Supp. Table 1, wadi_table_adapters -> WaDi Table adapters
+    table = table.replace("table_", "table").replace("table", "Table ").replace("supp_", "Supp. ")
+    return f"{PAPER_NAME.get(paper, paper)} {table}"
 
 
 def write_table(df: pd.DataFrame, decl: dict, csv_path, md_path, tex_path) -> None:
@@ -135,12 +140,17 @@ def trainable_summary(spec: dict, stats: list[dict]) -> dict:
 
     lora / tsm1: all experts (n experts of rank r cost what one rank n*r LoRA costs);
     tsm2: the routers only (the experts are frozen); moe_lora: experts and router;
-    finetune: what the job trained (all denoiser weights, or prompts and gate); DeMe: every range model.
+    finetune: what the job trained (all denoiser weights, or prompts and gate); DeMe: every range model;
+    distill: the student's adapter (or all its weights), not the fake score's, which sampling never uses.
     `stats` are the stats.json of the run's expert dirs and router dir.
     """
     method = spec["method"]
     if method == "base" or not stats:
         return {}
+    if method == "distill":
+        n = stats[0]["student_trainable_params"]
+        return {"trainable_params": int(n), "trainable_params_m": n / 1e6,
+                "trainable_pct": 100.0 * n / stats[0]["model_params"]}
     if method == "tsm2":
         n = sum(s["trainable_params"] for s in stats if "router_params" in s)
     else:

@@ -28,8 +28,8 @@ def image_name(prompt: str, idx: int) -> str:
 
 
 def compbench_folder(backbone: Backbone, prompt_files: dict[str, str], out_dir, n_per_prompt: int, seed: int,
-                     steps: int, guidance_scale: float, batch_size: int = 64, model_fn=None,
-                     solver: str = "first_order") -> None:
+                     steps: int = 25, guidance_scale: float = 5.0, batch_size: int = 64, model_fn=None,
+                     solver: str = "first_order", timesteps: list[int] | None = None) -> None:
     """Generate `n_per_prompt` images for every prompt of every category's val file."""
     with atomic_dir(out_dir) as tmp:
         for category, path in prompt_files.items():
@@ -37,14 +37,14 @@ def compbench_folder(backbone: Backbone, prompt_files: dict[str, str], out_dir, 
             jobs = [(p, i) for p in prompts for i in range(n_per_prompt)]
             images = generate(backbone, [p for p, _ in jobs], [seed + i for _, i in jobs], steps=steps,
                               guidance_scale=guidance_scale, batch_size=batch_size, model_fn=model_fn,
-                              desc=f"sampling {category}", solver=solver)
+                              desc=f"sampling {category}", solver=solver, timesteps=timesteps)
             for (p, i), img in zip(jobs, images):
                 save_png(Path(tmp) / category / image_name(p, i), img)
 
 
-def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, steps: int,
-                   guidance_scale: float, batch_size: int = 64, model_fn=None, resume_key: str | None = None,
-                   solver: str = "first_order") -> None:
+def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, steps: int = 25,
+                   guidance_scale: float = 5.0, batch_size: int = 64, model_fn=None, resume_key: str | None = None,
+                   solver: str = "first_order", timesteps: list[int] | None = None) -> None:
     """One image per caption (e.g. held-out captions for FID), with a labels.jsonl of what was asked.
 
     Batch by batch (the batches `generate` makes), so memory holds one batch, not every image (FID-30K).
@@ -52,7 +52,8 @@ def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, 
     it finished; each batch's record is written after its images, so a recorded batch is complete."""
     key = None if resume_key is None else hashlib.sha256(json.dumps(
         {"model": resume_key, "captions": captions, "seed": seed, "steps": steps,
-         "guidance_scale": guidance_scale, "batch_size": batch_size, "solver": solver}, sort_keys=True).encode()).hexdigest()
+         "guidance_scale": guidance_scale, "batch_size": batch_size, "solver": solver,
+         **({"timesteps": timesteps} if timesteps else {})}, sort_keys=True).encode()).hexdigest()
     with (atomic_dir(out_dir) if key is None else resumable_dir(out_dir, key)) as tmp:
         done_dir = Path(tmp) / ".batches"
         done_dir.mkdir(exist_ok=True)
@@ -70,7 +71,8 @@ def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, 
             chunk = captions[start:start + batch_size]
             seeds = [seed + start + k for k in range(len(chunk))]
             images = generate(backbone, chunk, seeds, steps=steps, guidance_scale=guidance_scale,
-                              batch_size=batch_size, model_fn=model_fn, progress=False, solver=solver)
+                              batch_size=batch_size, model_fn=model_fn, progress=False, solver=solver,
+                              timesteps=timesteps)
             records = []
             for k, (c, img) in enumerate(zip(chunk, images)):
                 name = f"{start + k:06d}.png"

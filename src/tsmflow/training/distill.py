@@ -34,10 +34,12 @@ from accelerate.utils import set_seed
 
 from ..adapters.lora import LoraSpec, adapter_parameters, inject, merge_adapters, save_adapter
 from ..data.io import write_json
+from ..evaluation.weights import change_summary, weight_change
 from ..models.backbone import Backbone, cat_cond, repeat_cond
+from ..students import scaled_timesteps
 from .experts import freeze, model_params
 from .finetune import save_denoiser
-from .loop import TrainConfig, infinite_batches, resumable_output, train
+from .loop import TrainConfig, infinite_batches, resumable_output, seeded, train
 from .objectives import noisy_and_target, predicted_x0
 
 ADAPTERS = ("full", "lora", "dora", "lorad")
@@ -75,14 +77,6 @@ def adapted_copy(denoiser: nn.Module, spec: AdapterSpec, name: str) -> tuple[nn.
     for p in params:
         p.requires_grad_(True)
     return model, params
-
-
-def scaled_timesteps(timesteps: list[int], num_train_timesteps: int, reference: int = 1000) -> list[int]:
-    """The student's timesteps as the papers give them (on 1000 steps), on a model trained with T steps."""
-    out = [min(num_train_timesteps - 1, round(t * num_train_timesteps / reference)) for t in timesteps]
-    if any(b >= a for a, b in zip(out, out[1:])) or not out or out[-1] < 0:
-        raise ValueError(f"student timesteps {timesteps} must be distinct and decreasing, within [0, {reference})")
-    return out
 
 
 class DMDObjective(nn.Module):
@@ -153,13 +147,13 @@ def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir)
     """Distil `backbone`'s denoiser (the teacher) into a student; writes the merged student and its adapter.
 
     cfg: `student` and `fake` (AdapterSpec fields; `fake` also its `lr`), `timesteps` (on 1000 steps),
-    `guidance_scale`, `fake_updates_per_student`, `steps` (student updates) and `train` (TrainConfig fields; its lr
-    is the student's). out_dir gets a diffusers denoiser (the student, adapters merged), `adapter/` (unless full),
+    `guidance_scale`, `fake_updates_per_student`, `steps` (student updates), `train` (TrainConfig fields; its lr
+    is the student's) and an optional `seed` (shifts train's, as every stage's seeds do). out_dir gets a diffusers denoiser (the student, adapters merged), `adapter/` (unless full),
     stats.json and loss.csv (with loss_student and loss_fake).
     """
     ratio = int(cfg["fake_updates_per_student"])
     phases = ["fake"] * ratio + ["student"]
-    tcfg = TrainConfig.from_dict({**cfg["train"], "steps": cfg["steps"] * len(phases)})
+    tcfg = TrainConfig.from_dict({**seeded(cfg["train"], cfg.get("seed", 0)), "steps": cfg["steps"] * len(phases)})
     set_seed(tcfg.seed)
     freeze(backbone)
     teacher = backbone.denoiser
@@ -179,13 +173,27 @@ def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir)
     with resumable_output(out_dir) as (tmp, ckpt):
         stats = train(objective, groups, batches, tcfg, tmp / "loss.csv", desc=desc,
                       checkpoint=ckpt / "train.safetensors", phases=phases)
-        save_denoiser(backbone, tmp, merge_adapters(student) if student_spec.kind != "full" else student)
+        final = merge_adapters(student) if student_spec.kind != "full" else student
+        save_denoiser(backbone, tmp, final)
+        change = weight_change(teacher, final)
+        change.to_csv(tmp / "weight_change.csv", index=False)
         if student_spec.kind != "full":
             save_adapter(tmp / "adapter", {"denoiser": student}, "student", student_spec.lora(), {"arch": backbone.arch})
         stats.update(method="distill", adapter=student_spec.kind, rank=student_spec.rank, timesteps=timesteps,
                      nfe=len(timesteps), student_steps=cfg["steps"], fake_updates_per_student=ratio,
                      student_trainable_params=sum(p.numel() for p in student_params),
                      fake_trainable_params=sum(p.numel() for p in fake_params),
-                     prompts=len(captions), model_params=model_params(backbone))
+                     prompts=len(captions), model_params=model_params(backbone), **change_summary(change))
         write_json(Path(tmp) / "stats.json", stats)
     return stats
+
+
+def student_config(defaults: dict, student: dict) -> dict:
+    """`distill_student`'s cfg from config `distill` (shared settings) and one `students` entry (which wins)."""
+    targets = student.get("targets", defaults["targets"])
+    return {"student": {"kind": student["adapter"], "rank": student.get("rank", 0), "targets": targets},
+            "fake": {"targets": targets, **defaults["fake"]},
+            "timesteps": student["timesteps"], "steps": student["steps"], "seed": student.get("seed", 0),
+            "guidance_scale": student.get("guidance_scale", defaults["guidance_scale"]),
+            "fake_updates_per_student": student.get("fake_updates_per_student", defaults["fake_updates_per_student"]),
+            "train": {**defaults["train"], **student.get("train", {})}}

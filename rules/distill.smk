@@ -1,0 +1,25 @@
+# Stage: distillation (DMD2's few-step students, WaDi's one-step VSD): a pre-trained teacher into a student with
+# its own adapter (full, lora, dora, lorad), image-free: prompts only. One job per student.
+
+
+rule distill_student:
+    input:
+        unpack(get_student_inputs),
+    output:
+        model=directory(get_student_dir("{student}")),
+    params:
+        student=lambda wc: STUDENTS[wc.student],
+        distill=config.get("distill"),
+    log:
+        get_log("distill_student", "{student}"),
+    benchmark:
+        get_benchmark("distill_student", "{student}")
+    threads: get_threads("distill_student")
+    resources:
+        mem_mb=16000,
+        runtime=480,
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/distill_student.py"
