@@ -1,11 +1,19 @@
-"""Reference statistics for FID, computed once per dataset and feature space."""
+"""Reference statistics for FID (and the features for precision/recall), once per dataset and feature space."""
+import numpy as np
+
+from tsmflow.data.io import DataError
 from tsmflow.evaluation.evaluator import load_evaluator
-from tsmflow.evaluation.fid import folder_stats, save_stats
+from tsmflow.evaluation.fid import folder_features, save_stats
 from tsmflow.workflow import setup
 
 setup(snakemake)
 space = snakemake.wildcards.feature_space
 model = load_evaluator(snakemake.input.model) if space in ("shapes", "patch") else None
-mu, sigma, n = folder_stats(model, f"{snakemake.input.data}/images", feature_space=space)
-save_stats(snakemake.output.stats, mu, sigma, n, feature_space=space)
+feats = folder_features(model, f"{snakemake.input.data}/images", feature_space=space).astype(np.float64)
+if len(feats) < 2:
+    raise DataError(f"{snakemake.input.data}/images: FID needs at least 2 images, found {len(feats)}")
+# the features themselves too: precision and recall need the reference samples, not only their moments
+save_stats(snakemake.output.stats, feats.mean(0), np.cov(feats, rowvar=False), len(feats), feature_space=space,
+           features=feats)
+n = len(feats)
 print(f"reference stats ({space}): {n} images")

@@ -113,3 +113,30 @@ def test_fid_record_counts_both_sides(tmp_path, model, folders, stats):
     # a bootstrap SE over the samples: positive, well below the FID of noise against clean scenes
     assert 0 < rec["fid_se"] < rec["fid"] and rec["fid_n_boot"] == 200
     assert fid_record(model, folders["noise"], ref, "shapes", validated=True, n_boot=0)["fid_se"] is None
+
+
+def test_precision_recall_of_same_far_and_collapsed_samples():
+    from tsmflow.evaluation.fid import precision_recall
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 8))
+    same = precision_recall(real, real)
+    assert same["precision"] == same["recall"] == 1.0 and same["prc_neighborhood"] == 3
+    far = precision_recall(real + 100.0, real)
+    assert far["precision"] == far["recall"] == 0.0
+    # samples collapsed onto one mode of the reference: precise, but they miss most of it
+    collapsed = precision_recall(real[:1] + 0.01 * rng.normal(size=(200, 8)), real)
+    assert collapsed["precision"] > 0.9 and collapsed["recall"] < 0.2
+    with pytest.raises(DataError, match="precision/recall"):
+        precision_recall(real[:3], real)
+
+
+def test_fid_record_adds_precision_recall_where_reference_features_are_kept(tmp_path, model, folders, stats):
+    from tsmflow.evaluation.fid import folder_features
+    from tsmflow.evaluation.run import fid_record
+    feats = folder_features(model, folders["a"]).astype(np.float64)
+    ref = tmp_path / "a.npz"
+    save_stats(ref, feats.mean(0), np.cov(feats, rowvar=False), len(feats), feature_space="shapes", features=feats)
+    assert load_stats(ref)["features"].shape == feats.shape
+    clean = fid_record(model, folders["b"], ref, "shapes", validated=True, n_boot=0)
+    noise = fid_record(model, folders["noise"], ref, "shapes", validated=True, n_boot=0)
+    assert clean["precision"] > noise["precision"] and clean["recall"] > noise["recall"]

@@ -108,15 +108,32 @@ def folder_stats(model: Detector | None, folder, batch_size: int = 128, num: int
     return feats.mean(axis=0), np.cov(feats, rowvar=False), len(feats)
 
 
-def save_stats(path, mu: np.ndarray, sigma: np.ndarray, n: int, feature_space: str = "") -> None:
+def save_stats(path, mu: np.ndarray, sigma: np.ndarray, n: int, feature_space: str = "",
+               features: np.ndarray | None = None) -> None:
+    """FID statistics; with `features` (the reference's own, N x D) precision and recall can be computed too."""
+    extra = {} if features is None else {"features": np.asarray(features, dtype=np.float32)}
     with atomic_path(path) as tmp:
         # a file object: np.savez would append ".npz" to the temp name
         with open(tmp, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma, n=np.int64(n), feature_space=np.str_(feature_space))
+            np.savez(f, mu=mu, sigma=sigma, n=np.int64(n), feature_space=np.str_(feature_space), **extra)
+
+
+def precision_recall(generated: np.ndarray, reference: np.ndarray, neighborhood: int = 3) -> dict:
+    """Improved precision and recall (Kynkaanniemi et al. 2019, as WaDi reports them) from torch-fidelity,
+    on any features: k-NN balls around the reference (precision) and the generated samples (recall)."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+    for name, f in (("generated", generated), ("reference", reference)):
+        if len(f) <= neighborhood:
+            raise DataError(f"precision/recall with k={neighborhood} needs more than {neighborhood} {name} "
+                            f"samples, got {len(f)}")
+    out = prc_features_to_metric(torch.from_numpy(np.asarray(generated, np.float32)),
+                                 torch.from_numpy(np.asarray(reference, np.float32)), prc_neighborhood=neighborhood,
+                                 prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    return {"precision": out["precision"], "recall": out["recall"], "prc_neighborhood": neighborhood}
 
 
 def load_stats(path) -> dict:
-    """{"mu", "sigma", "n", "feature_space"} as saved by `save_stats`."""
+    """{"mu", "sigma", "n", "feature_space"} as saved by `save_stats`, and "features" where it saved them."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: FID statistics not found")
@@ -124,6 +141,8 @@ def load_stats(path) -> dict:
         with np.load(path) as z:
             out = {"mu": z["mu"], "sigma": z["sigma"], "n": int(z["n"]),
                    "feature_space": str(z["feature_space"]) if "feature_space" in z else ""}
+            if "features" in z:
+                out["features"] = z["features"]
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{path}: not an FID statistics file ({e})") from e
     d = len(out["mu"])

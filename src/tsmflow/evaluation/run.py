@@ -11,7 +11,7 @@ import pandas as pd
 from ..data.io import DataError
 from ..reporting.tables import trainable_summary
 from .evaluator import Detector
-from .fid import bootstrap_fid, fid_from_stats, folder_features, load_stats
+from .fid import bootstrap_fid, fid_from_stats, folder_features, load_stats, precision_recall
 from .stats import clustered_mean
 
 
@@ -25,9 +25,11 @@ def fid_record(model: Detector | None, folder, reference, feature_space: str, va
     ref = load_stats(reference)
     boot = bootstrap_fid(feats, ref["mu"], ref["sigma"], n_boot=max(n_boot, 2), seed=seed) if n_boot else None
     fid = boot["fid"] if boot else fid_from_stats(feats.mean(0), np.cov(feats, rowvar=False), ref["mu"], ref["sigma"])
+    # reference stats written before the features were kept have none: then no precision/recall
+    prc = precision_recall(feats, ref["features"]) if "features" in ref else {}
     return {"fid": fid, "fid_se": boot["se"] if boot else None, "fid_n_boot": n_boot,
             "feature_space": feature_space, "n_samples": len(feats), "n_reference": ref["n"],
-            "evaluator_validated": validated}
+            "evaluator_validated": validated, **prc}
 
 
 def run_metrics(run: str, spec: dict, fid: dict, scores: pd.DataFrame | None, trained_stats: list[dict]) -> dict:
@@ -45,6 +47,7 @@ def run_metrics(run: str, spec: dict, fid: dict, scores: pd.DataFrame | None, tr
         validated = validated and bool(scores["evaluator_validated"].all())
     metrics.update(evaluator_validated=validated, fid=fid["fid"], fid_se=fid.get("fid_se"),
                    fid_n_samples=fid["n_samples"], fid_feature_space=fid["feature_space"], run=run,
+                   **{k: fid[k] for k in ("precision", "recall", "prc_neighborhood") if k in fid},
                    **{f"config_{k}": v for k, v in spec.items()})
     metrics.update(trainable_summary(spec, trained_stats))
     if spec["method"] == "distill":  # its cost and how its weights moved (WaDi Table 2, Fig. 1)
