@@ -203,6 +203,16 @@ def get_student_inputs(wildcards):
     return {**_backbone_inputs(STUDENTS[wildcards.student]["backbone"]), "data": get_split_dir("train")}
 
 
+def get_table_students(table):
+    """A table's one-run rows of distilled students: {run: label}."""
+    return {r["run"]: r["label"] for r in TABLES[table]["rows"]
+            if r.get("run") and RUNS[r["run"]]["method"] == "distill"}
+
+
+def get_table_student_dirs(wildcards):
+    return {run: get_student_dir(RUNS[run]["student"]) for run in get_table_students(wildcards.table)}
+
+
 def get_deme_range_dir(deme_set, i):
     return f"{RESULTS}/deme/{deme_set}/range{i}"
 
@@ -381,7 +391,7 @@ def get_final_outputs():
         *[get_run_path(r, "grid.png") for t in TABLES for r in get_table_runs(t) if "compbench" in run_evaluations(r)],
         *[f"{RESULTS}/plots/deme_cosine_{d}.png" for d in DEME_SETS],
         *[f"{RESULTS}/plots/{t}_{p}.png" for t in TABLES for p in TABLES[t].get("plots", [])
-          if p in ("deme_sensitivity", "fid_vs_steps")],
+          if p in ("deme_sensitivity", "fid_vs_steps", "weight_change")],
         *[f"{RESULTS}/plots/dmp_activation_{f}.png" for f in FINETUNES if FINETUNES[f]["method"] == "dmp"
           and FINETUNES[f].get("dmp", {}).get("gate", "soft") != "none"],
         *[get_run_path(r, "gates.png") for t in TABLES for r in get_table_runs(t) if RUNS[r]["method"] == "tsm2"],

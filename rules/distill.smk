@@ -23,3 +23,31 @@ rule distill_student:
         "../envs/workflow.yaml"
     script:
         "../scripts/distill_student.py"
+
+
+rule plot_weight_change:
+    input:
+        unpack(get_table_student_dirs),
+    output:
+        plot=report(
+            f"{RESULTS}/plots/{{table}}_weight_change.png",
+            caption="../report/weight_change.rst",
+            category="Plots",
+            subcategory="Distillation",
+            labels={"table": "{table}", "plot": "weight change per layer"},
+        ),
+    params:
+        labels=lambda wc: get_table_students(wc.table),
+        title=lambda wc: config["tables"][wc.table]["title"],
+    log:
+        get_log("plot_weight_change", "{table}"),
+    benchmark:
+        get_benchmark("plot_weight_change", "{table}")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/plot_weight_change.py"

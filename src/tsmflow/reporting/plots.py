@@ -246,3 +246,23 @@ def prompt_activation(weights: np.ndarray, timesteps: np.ndarray, path, title: s
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     _save(fig, path)
+
+
+def weight_change_layers(changes: dict[str, pd.DataFrame], path, title: str = "") -> None:
+    """WaDi Fig. 1: per layer, a student's norm change (NM) and direction change (DM) against its teacher, one
+    panel per student, with each metric's mean and std over layers in its legend."""
+    fig, axes = plt.subplots(len(changes), 1, figsize=(8.0, 1.9 * len(changes) + 0.6), squeeze=False)
+    for ax, (label, df) in zip(axes[:, 0], changes.items()):
+        x = np.arange(len(df))
+        for col, name in (("direction_change", "DM"), ("norm_change", "NM")):
+            v = df[col].to_numpy()
+            ax.plot(x, v, lw=0.9, label=f"{name}: {v.mean():.3g} ± {v.std():.3g} %")
+        ax.set_title(f"{label} ({len(df)} weights)", fontsize=8)
+        ax.set_ylabel("change (%)", fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("weight (denoiser order)", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
