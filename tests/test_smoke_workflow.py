@@ -131,6 +131,22 @@ def test_dmp_stages(smoke):
     assert "6.32" in (res / "tables/dmp_table3.md").read_text()  # the paper's +10K fine-tuning cell
 
 
+def test_distilled_students_sample_with_their_own_steps_and_report_weight_change(smoke):
+    res = smoke / "results"
+    m = {r: json.loads((res / f"runs/{r}/metrics.json").read_text()) for r in ["wadi_lorad_unet", "dmd4_dora_mmdit"]}
+    assert m["wadi_lorad_unet"]["nfe"] == 1 and m["dmd4_dora_mmdit"]["nfe"] == 4
+    for r in m.values():
+        assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["weight_layers"] > 0
+        assert r["trainable_params"] > 0 and 0 < r["trainable_pct"] < 5  # a low-rank adapter, not the model
+    stats = json.loads((res / "students/unet-1step-lorad-r2/stats.json").read_text())
+    assert stats["fake_trainable_params"] > 0 and stats["student_trainable_params"] == m["wadi_lorad_unet"][
+        "trainable_params"]
+    assert (res / "students/unet-1step-lorad-r2/adapter/pytorch_lora_weights.safetensors").is_file()
+    assert (res / "plots/wadi_adapters_weight_change.png").is_file()
+    table = (res / "tables/wadi_adapters.md").read_text()
+    assert "Direction change DM (%)" in table and "20.86" in table  # the paper's LoRaD FID, labelled
+
+
 def test_report_gathers_tables_and_images(smoke, snakemake_bin, root):
     report = smoke / "results/report.html"
     r = run(snakemake_bin, root, smoke, "--report", str(report))
@@ -152,7 +168,7 @@ def test_published_results_are_the_run_s_tables_byte_for_byte(smoke, snakemake_b
     assert "commit " in line and "config " in line and "CPUs" in line and "wall time" in line
     assert "command `snakemake --configfile config/smoke.yaml`" in line
     tables = sorted(res.glob("tables/*.md"))
-    assert len(tables) == 5 and (res / "tables/claims.md") in tables  # 4 declared tables + the claims page
+    assert len(tables) == 6 and (res / "tables/claims.md") in tables  # 5 declared tables + the claims page
     for t in tables:
         name = "claims.md" if t.stem == "claims" else f"tables/{t.name}"
         assert (docs / name).read_bytes() == f"> {line}\n\n".encode() + t.read_bytes(), name
@@ -179,12 +195,14 @@ def test_a_stage_setting_reruns_only_its_stage(smoke, snakemake_bin, root, tmp_p
     cfg = yaml.safe_load((root / "config/smoke.yaml").read_text())
     cfg["deme"]["search"]["n_samples"] += 1
     cfg["finetune"]["dmp"]["train"]["lr"] *= 2
+    cfg["students"]["unet-1step-lorad-r2"]["steps"] += 1
     edited = tmp_path / "edited.yaml"
     edited.write_text(yaml.safe_dump(cfg, sort_keys=False))  # Snakemake compares params as written, order too
     r = run(snakemake_bin, root, smoke, "-n", configfile=edited)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, flags=re.M))
     assert "deme_merge_search" in jobs and "train_dmp" in jobs, r.stdout[-3000:]
+    assert jobs.get("distill_student") == "1", r.stdout[-3000:]  # that student only, not the mmdit's
     assert "deme_finetune_range" not in jobs and "train_full" not in jobs, r.stdout[-3000:]
 
 
