@@ -22,7 +22,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
 sys.path.insert(0, _pythonpath[0])  # the Snakefile itself parses expert-set names with the library
 
 from tsmflow.expert_sets import ExpertSet, run_expert_sets  # noqa: E402
-from tsmflow.students import student_sampling  # noqa: E402
+from tsmflow.students import ROUTED, student_sampling  # noqa: E402
 
 RESULTS = "results"
 SPLITS = ["train", "reference"]
@@ -73,8 +73,23 @@ for _name, _d in STUDENTS.items():
         raise ValueError(f"config key students.{_name}.backbone: {_d['backbone']!r} is not in backbones")
     if not config.get("distill"):
         raise ValueError(f"config: students.{_name} is declared but the shared `distill` block is missing")
-    if _d["adapter"] != "full" and not _d.get("rank"):
+    if _d["adapter"] not in ("full", "tsm2") and not _d.get("rank"):
         raise ValueError(f"config key students.{_name}: adapter {_d['adapter']!r} needs a rank")
+    if (_d["adapter"] == "tsm") != bool(_d.get("experts")):
+        raise ValueError(f"config key students.{_name}.experts: the number of TSM experts, for adapter tsm only")
+    if (_d["adapter"] == "tsm2") != bool(_d.get("core")):
+        raise ValueError(f"config key students.{_name}.core: the tsm student a tsm2 student routes over, "
+                         "for adapter tsm2 only")
+    if _d["adapter"] == "tsm2":
+        for _key, _other, _kinds in [("core", _d["core"], ("tsm",))] + [("context", _c, ("lora", "tsm"))
+                                                                        for _c in _d.get("context", [])]:
+            _o = STUDENTS.get(_other)
+            if not _o or _o["adapter"] not in _kinds or _o["backbone"] != _d["backbone"]:
+                raise ValueError(f"config key students.{_name}.{_key}: {_other!r} must be a student of "
+                                 f"adapter {' or '.join(_kinds)} on backbone {_d['backbone']!r}")
+            if _o["timesteps"] != _d["timesteps"]:
+                raise ValueError(f"config key students.{_name}.{_key}: {_other!r} has timesteps {_o['timesteps']}, "
+                                 f"not {_d['timesteps']}")
 for _table, _decl in TABLES.items():
     for _row in _decl["rows"]:
         for _r in _row.get("runs") or [_row["run"]]:
@@ -199,14 +214,20 @@ def get_student_dir(name):
 
 
 def get_student_inputs(wildcards):
-    """The teacher (the backbone's pre-trained denoiser) and the prompts: the pre-training data's captions."""
-    return {**_backbone_inputs(STUDENTS[wildcards.student]["backbone"]), "data": get_split_dir("train")}
+    """The teacher (the backbone's pre-trained denoiser) and the prompts: the pre-training data's captions; for a
+    TSM 2-stage student, also the students whose experts it routes over (core and context)."""
+    d = STUDENTS[wildcards.student]
+    inputs = {**_backbone_inputs(d["backbone"]), "data": get_split_dir("train")}
+    if d["adapter"] == "tsm2":
+        inputs.update(core=get_student_dir(d["core"]), context=[get_student_dir(c) for c in d.get("context", [])])
+    return inputs
 
 
 def get_table_students(table):
-    """A table's one-run rows of distilled students: {run: label}."""
+    """A table's one-run rows of students merged into one denoiser (what has a weight change): {run: label}."""
     return {r["run"]: r["label"] for r in TABLES[table]["rows"]
-            if r.get("run") and RUNS[r["run"]]["method"] == "distill"}
+            if r.get("run") and RUNS[r["run"]]["method"] == "distill"
+            and STUDENTS[RUNS[r["run"]]["student"]]["adapter"] not in ROUTED}
 
 
 def get_table_student_dirs(wildcards):
@@ -250,6 +271,8 @@ def get_run_model_inputs(wildcards):
         inputs["model"] = get_deme_merged_dir(spec["deme"])
     elif spec["method"] == "deme_ensemble":
         inputs["ranges"] = get_deme_range_dirs(spec["deme"])
+    elif spec["method"] == "distill" and STUDENTS[spec["student"]]["adapter"] in ROUTED:
+        inputs["student"] = get_student_dir(spec["student"])  # experts and router over the base denoiser
     elif spec["method"] == "distill":
         inputs["model"] = get_student_dir(spec["student"])
     if spec["method"] in ("lora", "tsm1", "tsm2"):

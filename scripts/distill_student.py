@@ -8,4 +8,7 @@ setup(snakemake)
 s, i = snakemake.params.student, snakemake.input
 bb = load_mini_backbone(s["backbone"], i.model, i.vae, i.text_encoder)
 captions = [r["caption"] for r in read_labels(f"{i.data}/labels.jsonl")]
-print(distill_student(bb, student_config(snakemake.params.distill, s), captions, snakemake.output.model))
+cfg = student_config(snakemake.params.distill, s)
+if s["adapter"] == "tsm2":  # the students it routes over
+    cfg["assemble"] = {"core": i.core, "context": list(i.context), "router_input": s.get("router_input", "both")}
+print(distill_student(bb, cfg, captions, snakemake.output.model))

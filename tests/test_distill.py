@@ -1,5 +1,6 @@
 """Distillation: the student adapters (LoRA, DoRA, LoRaD), the DMD objective, the loop's phases, the renoise sampler."""
 import copy
+import shutil
 
 import pytest
 import torch
@@ -7,7 +8,8 @@ import torch.nn as nn
 from peft import inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from tsmflow.adapters.lora import WEIGHTS, LoraSpec, inject, lora_layers, merge_adapters, read_lora_spec
+from tsmflow.adapters.lora import (WEIGHTS, LoraSpec, adapter_parameters, inject, lora_layers, merge_adapters,
+                                   read_lora_spec)
 from tsmflow.adapters.lorad import LoRaDLinear, lorad_config, lorad_param_count, rotate_pairs
 from tsmflow.data.io import read_json
 from tsmflow.models.backbone import load_mini_backbone
@@ -243,3 +245,80 @@ def test_weight_change_separates_norm_from_direction():
     _randomise(rotated)
     s = change_summary(weight_change(teacher, merge_adapters(rotated)))
     assert s["norm_change"] < 1e-4 and s["direction_change"] > 1 and s["weight_layers"] == 2
+
+
+def _tsm_cfg(kind, **student):
+    cfg = _distill_cfg(kind)
+    cfg["student"] = {"kind": kind, "rank": 2 if kind != "tsm2" else 0, **student}
+    cfg["timesteps"] = [999, 749, 499, 249]
+    return cfg
+
+
+def test_a_tsm_student_starts_as_the_teacher_and_each_expert_learns_only_its_own_step(mini_backbone):
+    from tsmflow.training.distill import expert_student
+    bb = mini_backbone("unet")
+    student, params, router = expert_student(bb.denoiser, AdapterSpec("tsm", rank=2, experts=4), 1000, "unet")
+    assert len(params) == 4 * len(adapter_parameters(student, "student0"))
+    torch.manual_seed(0)
+    x, cond = torch.randn(2, *bb.latent_shape), bb.encode(["a red circle", "a blue square"])
+    for t, active in [(999, 3), (749, 2), (499, 1), (249, 0)]:
+        tt = torch.full((2,), t)
+        router.set_timesteps(tt)
+        for p in params:
+            p.grad = None
+        out = bb.predict(x, tt, cond, denoiser=student)
+        assert torch.equal(out, bb.predict(x, tt, cond))  # every expert's B starts at zero
+        out.square().mean().backward()
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                got = p.grad is not None and bool(p.grad.abs().sum() > 0)
+                assert got == (f".student{active}." in name), (t, name)
+    with pytest.raises(ValueError, match="experts"):
+        AdapterSpec("lora", rank=2, experts=4)
+    with pytest.raises(ValueError, match="experts"):
+        AdapterSpec("tsm", rank=2)
+
+
+def test_tsm_1_and_2_stage_students_train_save_and_sample_through_the_run_loader(tmp_path):
+    from types import SimpleNamespace
+
+    from conftest import _mini_components
+    from tsmflow.runs import attach_run_adapters
+    from tsmflow.training.distill import assembled_student
+    den, vae, text = _mini_components(tmp_path / "parts", "unet", "eps")
+    fresh = lambda: load_mini_backbone("unet", den, vae, text)  # noqa: E731
+    one = distill_student(fresh(), _tsm_cfg("tsm", experts=4), _captions(), tmp_path / "tsm1")
+    lora = distill_student(fresh(), {**_tsm_cfg("lora"), "steps": 1}, _captions(), tmp_path / "lora")
+    assert one["student_trainable_params"] == 4 * lora["student_trainable_params"]
+    assert one["experts"] == [4] and "norm_change" not in one
+    for d in ("tsm1", "lora"):
+        assert read_lora_spec(tmp_path / d / "fake")[0].rank == 2
+    assert sorted(p.name for p in (tmp_path / "tsm1" / "experts").iterdir()) == [f"student{i}" for i in range(4)]
+    # the 2-stage student starts exactly as the 1-stage one: zero routers over its experts, plus the LoRA context
+    bb = fresh()
+    x, cond = torch.randn(2, *bb.latent_shape), bb.encode(["a red circle", "a blue square"])
+    model, params, mixture, _ = assembled_student(bb.denoiser, tmp_path / "tsm1", [tmp_path / "lora"], "both",
+                                                  1000, "unet")
+    routed = attach_run_adapters(fresh(), {"method": "distill"}, SimpleNamespace(student=tmp_path / "tsm1"))
+    moved = []
+    for t in (torch.full((2,), s) for s in (999, 749, 499, 249)):
+        mixture.set_timesteps(t)
+        routed.route(t)
+        assembled = bb.predict(x, t, cond, denoiser=model)
+        assert torch.allclose(assembled, routed.predict(x, t, cond), atol=1e-5)
+        moved.append(not torch.allclose(assembled, bb.predict(x, t, cond), atol=1e-5))
+    assert any(moved)  # the experts of the steps drawn in training moved
+    assert all(p.requires_grad for p in params) and all("routers" in n for n, _ in mixture.named_parameters())
+    cfg = {**_tsm_cfg("tsm2"), "assemble": {"core": tmp_path / "tsm1", "context": [tmp_path / "lora"],
+                                            "router_input": "both"}}
+    two = distill_student(fresh(), cfg, _captions(), tmp_path / "tsm2")
+    assert two["student_trainable_params"] == sum(p.numel() for p in params) and two["experts"] == [4, 1]
+    assert (tmp_path / "tsm2" / "router.safetensors").is_file()
+    student = attach_run_adapters(fresh(), {"method": "distill"}, SimpleNamespace(student=tmp_path / "tsm2"))
+    imgs = generate(student, ["a red circle"] * 2, [0, 1], solver="renoise", timesteps=two["timesteps"],
+                    progress=False)
+    assert imgs.shape == (2, 16, 16, 3)
+    shutil.copytree(tmp_path / "tsm1", tmp_path / "nofake", ignore=shutil.ignore_patterns("fake"))
+    with pytest.raises(ValueError, match="fake"):
+        distill_student(fresh(), {**cfg, "assemble": {**cfg["assemble"], "core": tmp_path / "nofake"}}, _captions(),
+                        tmp_path / "bad")

@@ -147,6 +147,20 @@ def test_distilled_students_sample_with_their_own_steps_and_report_weight_change
     assert "Direction change DM (%)" in table and "20.86" in table  # the paper's LoRaD FID, labelled
 
 
+
+def test_a_tsm_2_stage_student_routes_over_frozen_experts_and_counts_only_its_routers(smoke):
+    res = smoke / "results"
+    m = json.loads((res / "runs/dmd4_tsm2_unet/metrics.json").read_text())
+    one, two = (json.loads((res / f"students/{s}/stats.json").read_text()) for s in ("unet-4step-tsm-r2",
+                                                                                      "unet-4step-tsm2"))
+    assert m["nfe"] == 4 and "norm_change" not in m and two["experts"] == [4, 1]
+    assert m["trainable_params"] == two["student_trainable_params"] < one["student_trainable_params"]
+    names = sorted(p.name for p in (res / "students/unet-4step-tsm2/experts").iterdir())
+    assert names == ["context0_0", "core0", "core1", "core2", "core3"]
+    assert (res / "students/unet-4step-tsm2/router.safetensors").is_file()
+    assert "unet: 4-step TSM 2-stage" in (res / "tables/wadi_adapters.md").read_text()
+
+
 def test_report_gathers_tables_and_images(smoke, snakemake_bin, root):
     report = smoke / "results/report.html"
     r = run(snakemake_bin, root, smoke, "--report", str(report))

@@ -10,7 +10,9 @@ Methods (config ``runs.<name>.method``):
 - ``finetune``: a further-training job of ``finetunes:`` (full fine-tuning, prompt tuning or DMP), at its
   end or at snapshot ``step``;
 - ``deme_ensemble``: DeMe before merging, the range models of ``deme`` used by timestep;
-- ``deme_merged``: DeMe after merging, the model its merge search found (the rule's ``model`` input).
+- ``deme_merged``: DeMe after merging, the model its merge search found (the rule's ``model`` input);
+- ``distill``: a distilled student: its merged denoiser (the rule's ``model`` input), or for TSM's routed students
+  (the rule's ``student`` input) the base denoiser with the student's experts and router.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from safetensors.torch import load_file
 
 from .expert_sets import ExpertSet
 from .adapters.dmp import load_dmp
-from .adapters.lora import load_lora, lora_parts, read_lora_spec
+from .adapters.lora import DENOISER_PREFIX, load_lora, lora_parts, read_lora_spec
 from .adapters.router import ExpertMixture, MergedIntervalExperts, Scale
 from .data.io import read_json
 from .merging.deme import RangeEnsemble, load_range_states
@@ -100,6 +102,8 @@ def attach_run_adapters(bb: Backbone, spec: dict, inputs) -> Backbone:
     method = spec["method"]
     dmp = getattr(inputs, "dmp", None)
     full = method == "finetune" and dmp is None
+    if method == "distill" and getattr(inputs, "student", None):
+        return load_routed_student(bb, inputs.student)
     if method in ("base", "deme_merged", "distill") or full:
         return bb
     if method == "finetune":
@@ -125,6 +129,21 @@ def attach_run_adapters(bb: Backbone, spec: dict, inputs) -> Backbone:
     if method == "moe_lora":
         return load_moe_lora(bb, inputs.router)
     raise ValueError(f"unknown run method {method!r}")
+
+
+def load_routed_student(bb: Backbone, student_dir) -> Backbone:
+    """A TSM student (`distill_student` with adapter tsm or tsm2): its experts, routed by interval, and its router."""
+    d = Path(student_dir)
+    cfg = read_json(d / ROUTER_CONFIG)
+    scales = [Scale(s["n"], tuple(s["names"])) for s in [cfg["core"], *cfg["context"]]]
+    for name in sum((s.names for s in scales), ()):
+        load_lora(bb, d / "experts" / name, name)
+    models = {DENOISER_PREFIX[bb.arch]: bb.denoiser}
+    if not cfg["context"]:  # 1-stage: the active expert merged per interval
+        return attach(bb, MergedIntervalExperts(models, scales[0], bb.num_train_timesteps), False)
+    mixture = ExpertMixture(models, scales[0], scales[1:], bb.num_train_timesteps, router_input=cfg["router_input"])
+    load_router(mixture, d)
+    return attach(bb, mixture.eval(), False)
 
 
 def load_moe_lora(bb: Backbone, moe_dir) -> Backbone:

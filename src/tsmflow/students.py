@@ -4,6 +4,8 @@ Light on purpose (no torch): the workflow's rules read it while building the DAG
 """
 from __future__ import annotations
 
+# students that stay experts + routers when they sample (TSM 1- and 2-stage), not one merged denoiser
+ROUTED = ("tsm", "tsm2")
 REFERENCE_T = 1000  # the papers give student timesteps on a 1000-step schedule (DMD2: 999, 749, 499, 249)
 
 

@@ -145,11 +145,24 @@ def load_lora(backbone: Backbone, adapter_dir, name: str) -> LoraSpec:
         raise ValueError(f"{adapter_dir}: adapter was trained on {cfg['arch']!r}, not {backbone.arch!r}")
     tensors = load_file(str(Path(adapter_dir) / WEIGHTS))
     for prefix, (model, targets) in lora_parts(backbone, spec).items():
-        sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        if not sd:
-            raise ValueError(f"{adapter_dir}: no weights for {prefix!r}")
-        inject(spec, targets, model, name)
-        result = set_peft_model_state_dict(model, sd, adapter_name=name)
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"{adapter_dir}: unexpected keys for {prefix}: {result.unexpected_keys[:3]}")
+        load_into(model, prefix, spec, targets, tensors, name, adapter_dir)
     return spec
+
+
+def load_adapter(model: nn.Module, prefix: str, adapter_dir, name: str) -> LoraSpec:
+    """Inject a saved adapter's `prefix` part (e.g. "unet") into one bare model under `name`."""
+    spec, _ = read_lora_spec(adapter_dir)
+    load_into(model, prefix, spec, spec.denoiser_targets, load_file(str(Path(adapter_dir) / WEIGHTS)), name,
+              adapter_dir)
+    return spec
+
+
+def load_into(model: nn.Module, prefix: str, spec: LoraSpec, targets: list[str], tensors: dict, name: str,
+              where) -> None:
+    sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    if not sd:
+        raise ValueError(f"{where}: no weights for {prefix!r}")
+    inject(spec, targets, model, name)
+    result = set_peft_model_state_dict(model, sd, adapter_name=name)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{where}: unexpected keys for {prefix}: {result.unexpected_keys[:3]}")

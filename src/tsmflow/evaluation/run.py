@@ -51,8 +51,8 @@ def run_metrics(run: str, spec: dict, fid: dict, scores: pd.DataFrame | None, tr
                    **{f"config_{k}": v for k, v in spec.items()})
     metrics.update(trainable_summary(spec, trained_stats))
     if spec["method"] == "distill":  # its cost and how its weights moved (WaDi Table 2, Fig. 1)
-        st = trained_stats[0]
+        st = trained_stats[0]  # a routed (TSM) student is not one merged denoiser: no weight change
         metrics.update(nfe=st["nfe"], **{k: st[k] for k in ("norm_change", "norm_change_std", "direction_change",
-                                                             "direction_change_std", "weight_layers")},
+                                                             "direction_change_std", "weight_layers") if k in st},
                        train_wall_s=st["wall_s"])
     return metrics

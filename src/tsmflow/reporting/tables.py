@@ -142,7 +142,8 @@ def trainable_summary(spec: dict, stats: list[dict]) -> dict:
     lora / tsm1: all experts (n experts of rank r cost what one rank n*r LoRA costs);
     tsm2: the routers only (the experts are frozen); moe_lora: experts and router;
     finetune: what the job trained (all denoiser weights, or prompts and gate); DeMe: every range model;
-    distill: the student's adapter (or all its weights), not the fake score's, which sampling never uses.
+    distill: the student's adapter (or all its weights; all experts of a TSM 1-stage student, the routers of a
+    2-stage one, as tsm1 and tsm2 count), not the fake score's, which sampling never uses.
     `stats` are the stats.json of the run's expert dirs and router dir.
     """
     method = spec["method"]
