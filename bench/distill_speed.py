@@ -1,8 +1,9 @@
 """Speed of distillation, as ratios within one run (the distillation issue's bench):
 
 - a student update (DMD: `fake_updates_per_student` fake-score steps, then one student step) against a LoRA
-  fine-tuning step, for the one-step and the 4-step student;
-- one-step and 4-step student sampling (renoise) against the teacher's (config `sampling`, with guidance);
+  fine-tuning step, for the one-step and the 4-step student, and the 4-step TSM 1-stage student (4 experts);
+- one-step and 4-step student sampling (renoise) against the teacher's (config `sampling`, with guidance), and the
+  TSM student's (the active expert merged per step) against the merged 4-step student's;
 - a LoRaD denoiser forward against a LoRA forward of the same rank, unmerged and merged.
 
 Each case runs in its own process (`tsm_speed.measure`), `repeats` rounds alternating, the median round kept.
@@ -56,9 +57,9 @@ def _distill_cfg(cfg: dict, steps: list[int]) -> dict:
 
 def _train(case: str, arch: str, device: str, n: int, batch: int) -> dict:
     from tsmflow.students import scaled_timesteps
-    from tsmflow.training.distill import AdapterSpec, DMDObjective, adapted_copy
+    from tsmflow.training.distill import AdapterSpec, DMDObjective, adapted_copy, expert_student
     from tsmflow.training.experts import freeze, lora_spec
-    from tsmflow.adapters.lora import add_lora
+    from tsmflow.adapters.lora import DENOISER_PREFIX, add_lora
     from tsmflow.training.objectives import DiffusionObjective
     bb, cfg = _backbone(arch, device)
     freeze(bb)
@@ -78,10 +79,15 @@ def _train(case: str, arch: str, device: str, n: int, batch: int) -> dict:
         return {"s_per_step": _median_time(step, n, device), "trainable_params": sum(p.numel() for p in params)}
     k = 1 if case == "student_update_1step" else 4
     d = _distill_cfg(cfg, [999] if k == 1 else [999, 749, 499, 249])
-    student, sp = adapted_copy(bb.denoiser, AdapterSpec(**d["student"]), "student")
+    router = None
+    if case == "student_update_4step_tsm":
+        spec = AdapterSpec(**{**d["student"], "kind": "tsm", "experts": 4})
+        student, sp, router = expert_student(bb.denoiser, spec, bb.num_train_timesteps, DENOISER_PREFIX[bb.arch])
+    else:
+        student, sp = adapted_copy(bb.denoiser, AdapterSpec(**d["student"]), "student")
     fake, fp = adapted_copy(bb.denoiser, AdapterSpec(**{x: v for x, v in d["fake"].items() if x != "lr"}), "fake")
     obj = DMDObjective(bb, student, fake, bb.denoiser, scaled_timesteps(d["timesteps"], bb.num_train_timesteps),
-                       d["guidance_scale"]).to(device)
+                       d["guidance_scale"], student_router=router).to(device)
     opt_s, opt_f = torch.optim.AdamW(sp, lr=1e-4), torch.optim.AdamW(fp, lr=1e-3)
     data = {"caption": [PROMPT] * batch}
 
@@ -104,6 +110,20 @@ def _sample(case: str, arch: str, device: str, n_images: int) -> dict:
     prompts, seeds = [PROMPT] * n_images, list(range(n_images))
     if case == "teacher_sampling":
         kw = dict(steps=s["steps"], guidance_scale=s["guidance_scale"], solver=s["solver"])
+    elif case == "student_4step_tsm_sampling":  # 4 random experts, the active one merged per step (tsm1's path)
+        from tsmflow.adapters.lora import DENOISER_PREFIX, adapter_parameters
+        from tsmflow.adapters.router import MergedIntervalExperts, Scale
+        from tsmflow.training.distill import AdapterSpec, expert_student
+        spec = AdapterSpec("tsm", rank=_rank(cfg), targets=cfg["distill"]["targets"], experts=4)
+        den, _, mix = expert_student(bb.denoiser, spec, bb.num_train_timesteps, DENOISER_PREFIX[bb.arch])
+        mix.remove()
+        with torch.no_grad():
+            for p in (p for i in range(4) for p in adapter_parameters(den, f"student{i}")):
+                p.normal_(0, 0.01)
+        bb.denoiser = den.requires_grad_(False)
+        bb.routers.append(MergedIntervalExperts({"m": den}, Scale(4, tuple(f"student{i}" for i in range(4))),
+                                                bb.num_train_timesteps))
+        kw = dict(solver="renoise", timesteps=[999, 749, 499, 249])
     else:
         kw = dict(solver="renoise", timesteps=[999] if case == "student_1step_sampling" else [999, 749, 499, 249])
     t = _median_time(lambda: generate(bb, prompts, seeds, progress=False, **kw), 3, device, warmup=1)
@@ -157,9 +177,10 @@ def main() -> None:
     a = ap.parse_args()
     rounds: dict[str, list[dict]] = {}
     for _ in range(a.repeats):
-        for case in ["lora_step", "student_update_1step", "student_update_4step"]:
+        for case in ["lora_step", "student_update_1step", "student_update_4step", "student_update_4step_tsm"]:
             rounds.setdefault(case, []).append(measure(_train, case, (a.arch, a.device, a.steps, a.batch), a.threads))
-        for case in ["teacher_sampling", "student_1step_sampling", "student_4step_sampling"]:
+        for case in ["teacher_sampling", "student_1step_sampling", "student_4step_sampling",
+                     "student_4step_tsm_sampling"]:
             rounds.setdefault(case, []).append(measure(_sample, case, (a.arch, a.device, a.images), a.threads))
         for case in ["lora_unmerged", "lorad_unmerged", "lora_merged", "lorad_merged"]:
             rounds.setdefault(case, []).append(measure(_forward, case, (a.arch, a.device, 4 * a.steps, a.batch),
@@ -172,8 +193,12 @@ def main() -> None:
     ratios = {
         "one-step student update / LoRA step": r["student_update_1step"][st] / r["lora_step"][st],
         "4-step student update / LoRA step": r["student_update_4step"][st] / r["lora_step"][st],
+        "4-step TSM 1-stage student update / 4-step LoRA student update":
+            r["student_update_4step_tsm"][st] / r["student_update_4step"][st],
         "one-step student / teacher sampling": r["student_1step_sampling"][sa] / r["teacher_sampling"][sa],
         "4-step student / teacher sampling": r["student_4step_sampling"][sa] / r["teacher_sampling"][sa],
+        "4-step TSM student (merged per step) / merged 4-step student sampling":
+            r["student_4step_tsm_sampling"][sa] / r["student_4step_sampling"][sa],
         "LoRaD / LoRA forward, unmerged": r["lorad_unmerged"][fw] / r["lora_unmerged"][fw],
         "LoRaD / LoRA forward, merged": r["lorad_merged"][fw] / r["lora_merged"][fw],
         "LoRaD unmerged / merged forward": r["lorad_unmerged"][fw] / r["lorad_merged"][fw],

@@ -352,3 +352,30 @@ def test_generate(backbone):
     # same seed and prompt -> same image, independent of the batch it is generated in
     again = generate(backbone, PROMPTS[:1], [0], steps=2, guidance_scale=2.0, progress=False)
     assert np.abs(again[0].astype(int) - images[0].astype(int)).max() <= 1
+
+
+def test_distillation_trains_lora_and_tsm_students_of_the_real_pipeline_classes(saved, backbone, tmp_path):
+    """The distillation stage is backbone-agnostic: a merged LoRA student and TSM's 1- and 2-stage routed
+    students of each family's tiny random pipeline train, save, reload over the base model and sample."""
+    from types import SimpleNamespace
+
+    from tsmflow.runs import attach_run_adapters
+    from tsmflow.training.distill import distill_student
+    family, path, _ = saved
+    fresh = lambda: load_backbone({"family": family, "pretrained": str(path), "local_files_only": True})  # noqa: E731
+    base = {"fake": {"kind": "lora", "rank": 2, "lr": 0.01}, "timesteps": [999, 499], "guidance_scale": 1.5,
+            "fake_updates_per_student": 1, "steps": 1,
+            "train": {"batch_size": 2, "lr": 0.01, "log_every": 1, "checkpoint_every": 0}}
+    one = distill_student(backbone, {**base, "student": {"kind": "tsm", "rank": 2, "experts": 2}}, PROMPTS,
+                          tmp_path / "tsm")
+    lora = distill_student(fresh(), {**base, "student": {"kind": "lora", "rank": 2}}, PROMPTS, tmp_path / "lora")
+    assert one["student_trainable_params"] == 2 * lora["student_trainable_params"] > 0
+    assert (tmp_path / "lora" / "config.json").is_file()  # the merged student, a diffusers model dir
+    cfg = {**base, "student": {"kind": "tsm2"},
+           "assemble": {"core": tmp_path / "tsm", "context": [tmp_path / "lora"], "router_input": "both"}}
+    two = distill_student(fresh(), cfg, PROMPTS, tmp_path / "tsm2")
+    assert two["experts"] == [2, 1] and two["student_trainable_params"] > 0
+    for d in ("tsm", "tsm2"):
+        student = attach_run_adapters(fresh(), {"method": "distill"}, SimpleNamespace(student=tmp_path / d))
+        images = generate(student, PROMPTS, [0, 1], solver="renoise", timesteps=one["timesteps"], progress=False)
+        assert images.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)

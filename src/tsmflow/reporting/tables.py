@@ -28,8 +28,9 @@ METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spati
                 "non_spatial": "Non-Spatial", "complex": "Complex", "fid": "FID",
                 "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)", "nfe": "NFEs",
                 "norm_change": "Norm change NM (%)", "direction_change": "Direction change DM (%)",
-                "trainable_params_m": "Trainable params (M)", "precision": "Precision", "recall": "Recall"}
-DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4}
+                "trainable_params_m": "Trainable params (M)", "precision": "Precision", "recall": "Recall",
+                "train_wall_s": "Training wall (s)"}
+DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0}
 PAPER_NAME = {"tsm": "TSM", "deme": "DeMe", "dmp": "DMP", "wadi": "WaDi"}
 
 
