@@ -308,12 +308,15 @@ def get_sampling_params():
 
 
 def get_run_sampling(run):
-    """A run's sampler: config `sampling`, or a distilled student's own (its timesteps, no guidance)."""
+    """A run's sampler: config `sampling` with the run's own `sampling` keys over it, or a distilled student's
+    (its timesteps, no guidance)."""
     spec = RUNS[run]
     if spec["method"] == "distill":
+        if spec.get("sampling"):
+            raise ValueError(f"config key runs.{run}.sampling: a distilled student samples at its own timesteps")
         return student_sampling(STUDENTS[spec["student"]]["timesteps"],
                                 config["backbones"][spec["backbone"]]["num_train_timesteps"])
-    return get_sampling_params()
+    return {**get_sampling_params(), **spec.get("sampling", {})}
 
 
 def runs_regex(runs):
@@ -324,6 +327,9 @@ def get_run_eval_inputs(wildcards):
     inputs = {**get_run_model_inputs(wildcards), "trained": get_run_trained_dirs(wildcards),
               "reference": get_split_dir("reference"), "fid_reference": get_fid_reference(),
               "evaluator": get_model_dir("evaluator"), "validation": f"{RESULTS}/evaluator/validation.json"}
+    fid = config["evaluation"]["fid"]
+    if fid.get("patch_fid") and fid["feature_space"] == "shapes":  # Patch-FID of the same samples
+        inputs["patch_reference"] = f"{RESULTS}/evaluator/fid_reference_patch.npz"
     if "compbench" in run_evaluations(wildcards.run):
         inputs["prompts"] = [f for k, f in get_compbench_files().items() if k.endswith("_val")]
     return inputs

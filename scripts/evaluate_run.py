@@ -38,10 +38,14 @@ if "compbench" in out.keys():
 caption_folder(bb, captions[: p.fid["n_samples"]], out.fid_samples, p.seed, **kw)
 fid = fid_record(evaluator if space in ("shapes", "patch") else None, out.fid_samples, inp.fid_reference, space,
                  validated, n_boot=p.fid["n_boot"], seed=p.seed)
+if "patch_reference" in inp.keys():  # Patch-FID: the same samples' quadrants, the same features
+    fid["patch"] = fid_record(evaluator, out.fid_samples, inp.patch_reference, "patch", validated,
+                              n_boot=p.fid["n_boot"], seed=p.seed)
 write_json(out.fid, fid)
 print(f"FID ({space}) = {fid['fid']:.3f} ± {fid['fid_se'] or float('nan'):.3f} (bootstrap SE) from "
       f"{fid['n_samples']} samples vs {fid['n_reference']} reference images")
 
-metrics = run_metrics(snakemake.wildcards.run, p.run, fid, scores, [read_json(f"{d}/stats.json") for d in inp.trained])
+metrics = run_metrics(snakemake.wildcards.run, p.run, fid, scores, [read_json(f"{d}/stats.json") for d in inp.trained],
+                      sampling)
 write_json(out.metrics, metrics)
 print(metrics)

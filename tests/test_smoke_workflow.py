@@ -153,7 +153,7 @@ def test_a_tsm_2_stage_student_routes_over_frozen_experts_and_counts_only_its_ro
     m = json.loads((res / "runs/dmd4_tsm2_unet/metrics.json").read_text())
     one, two = (json.loads((res / f"students/{s}/stats.json").read_text()) for s in ("unet-4step-tsm-r2",
                                                                                       "unet-4step-tsm2"))
-    assert m["nfe"] == 4 and "norm_change" not in m and two["experts"] == [4, 1]
+    assert m["nfe"] == 4 and "norm_change" not in m and two["experts"] == [4, 1] and m["patch_fid"] > 0
     assert m["trainable_params"] == two["student_trainable_params"] < one["student_trainable_params"]
     names = sorted(p.name for p in (res / "students/unet-4step-tsm2/experts").iterdir())
     assert names == ["context0_0", "core0", "core1", "core2", "core3"]

@@ -98,3 +98,8 @@ def test_run_metrics_of_a_compbench_run_and_an_fid_only_run():
     assert m["trainable_params"] == 200 and m["trainable_pct"] == 20.0
     m = run_metrics("base_x", {"method": "base", "backbone": "unet"}, fid, None, [])
     assert "color" not in m and m["evaluator_validated"] is True and "trainable_params" not in m
+    assert "patch_fid" not in m
+    m = run_metrics("base_x", {"method": "base", "backbone": "unet"},
+                    {**fid, "patch": {"fid": 2.5, "fid_se": 0.1, "n_samples": 64}}, None, [])
+    assert m["patch_fid"] == 2.5 and m["patch_fid_se"] == 0.1 and m["fid"] == 1.5 and "nfe" not in m
+    assert run_metrics("base_x", {"method": "base", "backbone": "unet"}, fid, None, [], {"steps": 4})["nfe"] == 4

@@ -32,10 +32,12 @@ def fid_record(model: Detector | None, folder, reference, feature_space: str, va
             "evaluator_validated": validated, **prc}
 
 
-def run_metrics(run: str, spec: dict, fid: dict, scores: pd.DataFrame | None, trained_stats: list[dict]) -> dict:
+def run_metrics(run: str, spec: dict, fid: dict, scores: pd.DataFrame | None, trained_stats: list[dict],
+                sampling: dict | None = None) -> dict:
     """CompBench-mini per category (%, with image and prompt counts and a standard error that treats prompts as
-    the sampling unit; none for FID-only runs), FID with its sample count and bootstrap SE, the run's config, and
-    its trainable parameters."""
+    the sampling unit; none for FID-only runs), FID with its sample count and bootstrap SE, the run's config, its
+    trainable parameters, and its NFEs: a student's steps, or the sampler's `steps` (a CFG step's two branches
+    share one batched call, counted once)."""
     metrics = {}
     validated = fid.get("evaluator_validated", True)
     if scores is not None:
@@ -48,8 +50,12 @@ def run_metrics(run: str, spec: dict, fid: dict, scores: pd.DataFrame | None, tr
     metrics.update(evaluator_validated=validated, fid=fid["fid"], fid_se=fid.get("fid_se"),
                    fid_n_samples=fid["n_samples"], fid_feature_space=fid["feature_space"], run=run,
                    **{k: fid[k] for k in ("precision", "recall", "prc_neighborhood") if k in fid},
+                   **({"patch_fid": fid["patch"]["fid"], "patch_fid_se": fid["patch"]["fid_se"]} if "patch" in fid
+                      else {}),
                    **{f"config_{k}": v for k, v in spec.items()})
     metrics.update(trainable_summary(spec, trained_stats))
+    if sampling and "steps" in sampling:
+        metrics["nfe"] = sampling["steps"]
     if spec["method"] == "distill":  # its cost and how its weights moved (WaDi Table 2, Fig. 1)
         st = trained_stats[0]  # a routed (TSM) student is not one merged denoiser: no weight change
         metrics.update(nfe=st["nfe"], **{k: st[k] for k in ("norm_change", "norm_change_std", "direction_change",

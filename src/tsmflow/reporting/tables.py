@@ -20,16 +20,16 @@ PAPER_DIR = Path(__file__).resolve().parents[3] / "resources" / "paper_numbers"
 PAPER_METRIC = {
     "color": ("Color", "Col"), "shape": ("Shape", "Sha"), "texture": ("Texture", "Tex"),
     "spatial": ("Spatial", "Spa"), "non_spatial": ("Non-Spatial", "NS"), "complex": ("Complex", "Com"),
-    "fid": ("FID",), "trainable_pct": ("Trainable (%)",), "nfe": ("NFEs",),
+    "fid": ("FID",), "patch_fid": ("Patch-FID",), "trainable_pct": ("Trainable (%)",), "nfe": ("NFEs",),
     "norm_change": ("NM",), "direction_change": ("DM",), "precision": ("Precision",), "recall": ("Recall",),
-    "trainable_params_m": ("#Params (M)", "Trainable params (M)"),
+    "trainable_params_m": ("#Params (M)", "Trainable params (M)", "N_params (M)"),
 }
 METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spatial": "Spatial",
                 "non_spatial": "Non-Spatial", "complex": "Complex", "fid": "FID",
                 "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)", "nfe": "NFEs",
                 "norm_change": "Norm change NM (%)", "direction_change": "Direction change DM (%)",
                 "trainable_params_m": "Trainable params (M)", "precision": "Precision", "recall": "Recall",
-                "train_wall_s": "Training wall (s)"}
+                "train_wall_s": "Training wall (s)", "patch_fid": "Patch-FID (shapes features)"}
 DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0}
 PAPER_NAME = {"tsm": "TSM", "deme": "DeMe", "dmp": "DMP", "wadi": "WaDi"}
 
