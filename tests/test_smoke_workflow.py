@@ -218,6 +218,15 @@ def test_a_stage_setting_reruns_only_its_stage(smoke, snakemake_bin, root, tmp_p
     assert "deme_merge_search" in jobs and "train_dmp" in jobs, r.stdout[-3000:]
     assert jobs.get("distill_student") == "1", r.stdout[-3000:]  # that student only, not the mmdit's
     assert "deme_finetune_range" not in jobs and "train_full" not in jobs, r.stdout[-3000:]
+    # a TSM 2-stage student follows the students it routes over: the LoRA context's steps rerun both, not the core
+    cfg = yaml.safe_load((root / "config/smoke.yaml").read_text())
+    cfg["students"]["unet-4step-lora-r2"]["steps"] += 1
+    edited.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = run(snakemake_bin, root, smoke, "-n", configfile=edited)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, flags=re.M)).get("distill_student") == "2", r.stdout[-3000:]
+    rerun = set(re.findall(r"^\s+output: results/students/([\w.-]+)$", r.stdout, flags=re.M))
+    assert rerun == {"unet-4step-lora-r2", "unet-4step-tsm2"}, r.stdout[-3000:]
 
 
 def test_empty_prompt_file_fails_clearly(smoke, snakemake_bin, root, tmp_path):
