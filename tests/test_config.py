@@ -136,6 +136,21 @@ def test_bad_deme_and_dmp_config_fails_before_any_job(snakemake_bin, root, tmp_p
     assert r.returncode != 0 and needle in out, out[-2000:]
 
 
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["students"]["unet-4step-tsm-r2"].pop("experts"), "students.unet-4step-tsm-r2.experts"),
+    (lambda c: c["students"]["unet-4step-tsm2"].__setitem__("core", "unet-4step-lora-r2"),
+     "students.unet-4step-tsm2.core: 'unet-4step-lora-r2' must be a student of adapter tsm"),
+    (lambda c: c["students"]["unet-4step-tsm2"].__setitem__("context", ["unet-1step-lorad-r2"]),
+     "students.unet-4step-tsm2.context: 'unet-1step-lorad-r2' must be a student of adapter lora or tsm"),
+    (lambda c: c["students"]["unet-4step-tsm-r2"].__setitem__("timesteps", [999, 499]), "has timesteps"),
+    (lambda c: c["runs"]["dmd4_tsm2_unet"].__setitem__("sampling", {"steps": 2}), "runs.dmd4_tsm2_unet.sampling"),
+])
+def test_bad_tsm_students_fail_before_any_job(snakemake_bin, root, tmp_path, mutate, needle):
+    r = dry_run(snakemake_bin, root, tmp_path, mutate)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and needle in out, out[-2000:]
+
+
 def test_deme_ranges_and_finetunes_are_separate_jobs(snakemake_bin, root, tmp_path):
     r = dry_run(snakemake_bin, root, tmp_path, lambda c: None)
     for i in range(2):
