@@ -108,6 +108,11 @@ for _claim, _decl in CLAIMS.items():
                                  f"the claim's metric is {_decl['metric']}")
 
 
+_inception = config["evaluation"]["fid"].get("inception_weights")
+if _inception and not os.path.isfile(_inception):
+    raise ValueError(f"config key evaluation.fid.inception_weights: {_inception} is not a file")
+
+
 wildcard_constraints:
     split="|".join(SPLITS),
     backbone="|".join(BACKBONES),
@@ -430,3 +435,16 @@ def get_final_outputs():
         f"{RESULTS}/vae/reconstruction.png",
         *[f"{RESULTS}/samples/base/{b}.png" for b in BACKBONES],
     ]
+
+
+def get_fid_params():
+    """evaluation.fid as the evaluation scripts read it: the Inception weights only where FID uses Inception."""
+    fid = dict(config["evaluation"]["fid"])
+    if fid["feature_space"] != "inception":
+        fid.pop("inception_weights", None)
+    return fid
+
+
+def get_inception_weights(wildcards):
+    """The local Inception weights, for the Inception feature space only (the others never load them)."""
+    return config["evaluation"]["fid"].get("inception_weights") if wildcards.feature_space == "inception" else None

@@ -63,6 +63,8 @@ rule fid_reference_stats:
         data=get_split_dir("reference"),
     output:
         stats=f"{RESULTS}/evaluator/fid_reference_{{feature_space}}.npz",
+    params:
+        inception_weights=get_inception_weights,
     log:
         get_log("fid_reference_stats", "{feature_space}"),
     benchmark:
@@ -96,7 +98,7 @@ rule evaluate_run:
         sampling=lambda wc: get_run_sampling(wc.run),
         images_per_prompt=config["evaluation"]["images_per_prompt"],
         seed=config["evaluation"]["seed"],
-        fid=config["evaluation"]["fid"],
+        fid=get_fid_params(),
         resolution=config["resolution"],
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
@@ -125,7 +127,7 @@ use rule evaluate_run as evaluate_run_fid with:
         run=lambda wc: RUNS[wc.run],
         sampling=lambda wc: get_run_sampling(wc.run),
         seed=config["evaluation"]["seed"],
-        fid=config["evaluation"]["fid"],
+        fid=get_fid_params(),
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
         get_log("evaluate_run_fid", "{run}"),

@@ -29,7 +29,7 @@ rule real_coco_reference:
         reference=directory(get_coco_reference()),
     params:
         coco=config["data"]["coco"],
-        fid=config["fid"],
+        fid=FID_SAMPLING,
     log:
         get_log("real_coco_reference"),
     benchmark:
@@ -49,6 +49,8 @@ rule real_fid_reference_stats:
         reference=get_coco_reference(),
     output:
         stats=get_coco_reference_stats(),
+    params:
+        inception_weights=INCEPTION_WEIGHTS,
     log:
         get_log("real_fid_reference_stats"),
     benchmark:
@@ -118,7 +120,7 @@ rule real_sample_fid:
     params:
         spec=LOAD_SPEC,
         run=lambda wc: RUNS[wc.run],
-        fid=config["fid"],
+        fid=FID_SAMPLING,
     log:
         get_log("real_sample_fid", "{run}"),
     benchmark:
@@ -140,6 +142,8 @@ rule real_compute_fid:
         reference=get_coco_reference_stats(),
     output:
         fid=get_run_path("{run}", "fid.json"),
+    params:
+        inception_weights=INCEPTION_WEIGHTS,
     log:
         get_log("real_compute_fid", "{run}"),
     benchmark:

@@ -1,5 +1,5 @@
 # Helpers of the real DAG (a backbone spec, config/backbones/*.yaml, is the config): validation, paths,
-# wildcard constraints, resources. What the spec trains comes from tsmflow.realscale.
+# wildcard constraints, resources. What the spec trains comes from tsmflow.backbone_spec (no torch: parsing stays light).
 
 import os
 import sys
@@ -16,16 +16,24 @@ _pythonpath = [str(Path(workflow.basedir) / "src"), *filter(None, [os.getenv("PY
 os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
 sys.path.insert(0, _pythonpath[0])
 
-from tsmflow import realscale  # noqa: E402
-from tsmflow.expert_sets import run_expert_sets  # noqa: E402
+from tsmflow import backbone_spec  # noqa: E402
+from tsmflow.data.adapters import check_data_paths  # noqa: E402
 
-RESULTS = f"results/real/{config['family']}"  # one folder per backbone: several specs can share a directory
-EXPERT_SETS = realscale.expert_sets(config)
-RUNS = realscale.runs(config)
-TABLE = realscale.table_decl(config)
-realscale.train_config(config)  # a batch that does not split into grad_accum micro-batches fails here
+RESULTS = backbone_spec.results_dir(config)
+EXPERT_SETS = backbone_spec.expert_sets(config)
+RUNS = backbone_spec.runs(config)
+TABLE = backbone_spec.table_decl(config)
+backbone_spec.train_config(config)  # a batch that does not split into grad_accum micro-batches fails here
 if config["fid"]["n_samples"] > (config["fid"].get("n_reference") or config["fid"]["n_samples"]):
     raise ValueError(f"config key fid.n_samples={config['fid']['n_samples']} exceeds fid.n_reference")
+check_data_paths(config["data"])  # placeholder paths fail here, in a dry run too
+INCEPTION_WEIGHTS = config["fid"].get("inception_weights")
+FID_SAMPLING = {k: v for k, v in config["fid"].items() if k != "inception_weights"}  # what sampling reads
+if INCEPTION_WEIGHTS and not os.path.isfile(INCEPTION_WEIGHTS):
+    raise ValueError(f"config key fid.inception_weights: {INCEPTION_WEIGHTS} is not a file")
+if not INCEPTION_WEIGHTS and config.get("local_files_only"):
+    raise ValueError("config key fid.inception_weights: an offline spec (local_files_only: true) needs a local copy "
+                     "of clean-fid's Inception weights, inception-2015-12-05.pt (clean-fid would download it)")
 
 # what loading the pipeline needs (sampling, encoding): other keys changing must not rerun those jobs
 LOAD_KEYS = ["family", "pretrained", "revision", "variant", "dtype", "local_files_only", "resolution"]
@@ -53,15 +61,11 @@ def get_coco_reference_stats():
 
 
 def get_expert_dir(expert_set, interval):
-    return f"{RESULTS}/experts/{expert_set}/expert{interval}"
-
-
-def get_expert_dirs(expert_set):
-    return [get_expert_dir(expert_set, i) for i in range(EXPERT_SETS[expert_set].n)]
+    return backbone_spec.expert_dir(config, expert_set, interval)
 
 
 def get_run_path(run, name):
-    return f"{RESULTS}/runs/{run}/{name}"
+    return backbone_spec.run_path(config, run, name)
 
 
 def get_table(ext):
@@ -76,7 +80,7 @@ def get_expert_inputs(wildcards):
 
 
 def _run_experts(run):
-    return [d for s in run_expert_sets(RUNS[run]) for d in get_expert_dirs(s)]
+    return backbone_spec.run_inputs(config, run)["experts"]
 
 
 def get_router_inputs(wildcards):
@@ -87,10 +91,7 @@ def get_router_inputs(wildcards):
 
 def get_run_model_inputs(wildcards):
     """What a run's sampler loads besides the pipeline: its experts and router (named as runs.py expects)."""
-    inputs = {"experts": _run_experts(wildcards.run)}
-    if RUNS[wildcards.run]["method"] == "tsm2":
-        inputs["router"] = get_run_path(wildcards.run, "router")
-    return inputs
+    return backbone_spec.run_inputs(config, wildcards.run)
 
 
 def get_run_trained_dirs(run):

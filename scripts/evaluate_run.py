@@ -37,7 +37,7 @@ if "compbench" in out.keys():
 
 caption_folder(bb, captions[: p.fid["n_samples"]], out.fid_samples, p.seed, **kw)
 fid = fid_record(evaluator if space in ("shapes", "patch") else None, out.fid_samples, inp.fid_reference, space,
-                 validated, n_boot=p.fid["n_boot"], seed=p.seed)
+                 validated, n_boot=p.fid["n_boot"], seed=p.seed, inception_weights=p.fid.get("inception_weights"))
 if "patch_reference" in inp.keys():  # Patch-FID: the same samples' quadrants, the same features
     fid["patch"] = fid_record(evaluator, out.fid_samples, inp.patch_reference, "patch", validated,
                               n_boot=p.fid["n_boot"], seed=p.seed)

@@ -9,7 +9,8 @@ from tsmflow.workflow import setup
 setup(snakemake)
 space = snakemake.wildcards.feature_space
 model = load_evaluator(snakemake.input.model) if space in ("shapes", "patch") else None
-feats = folder_features(model, f"{snakemake.input.data}/images", feature_space=space).astype(np.float64)
+feats = folder_features(model, f"{snakemake.input.data}/images", feature_space=space,
+                        inception_weights=snakemake.params.inception_weights).astype(np.float64)
 if len(feats) < 2:
     raise DataError(f"{snakemake.input.data}/images: FID needs at least 2 images, found {len(feats)}")
 # the features themselves too: precision and recall need the reference samples, not only their moments

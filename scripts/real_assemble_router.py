@@ -1,5 +1,6 @@
 """Real DAG: TSM assembling, the routers over a run's frozen core and context experts."""
-from tsmflow.realscale import load_real_backbone, router_config
+from tsmflow.backbone_spec import router_config
+from tsmflow.realscale import load_real_backbone
 from tsmflow.training.assemble import assemble_router
 from tsmflow.workflow import setup
 

@@ -3,6 +3,8 @@ from tsmflow.evaluation.fid import folder_stats, save_stats
 from tsmflow.workflow import setup
 
 setup(snakemake)
-mu, sigma, n = folder_stats(None, snakemake.input.reference, feature_space="inception")
-save_stats(snakemake.output.stats, mu, sigma, n, feature_space="inception")
+mu, sigma, n = folder_stats(None, snakemake.input.reference, feature_space="inception",
+                           inception_weights=snakemake.params.inception_weights)
+save_stats(snakemake.output.stats, mu, sigma, n, feature_space="inception",
+                           inception_weights=snakemake.params.inception_weights)
 print(f"reference stats (inception): {n} images")

@@ -1,5 +1,6 @@
 """Real DAG: TSM fostering, one LoRA expert of an expert set (vanilla LoRA when n=1) on its timestep interval."""
-from tsmflow.realscale import expert_sets, load_real_backbone, train_expert
+from tsmflow.backbone_spec import expert_sets
+from tsmflow.realscale import load_real_backbone, train_expert
 from tsmflow.workflow import setup
 
 setup(snakemake)

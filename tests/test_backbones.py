@@ -10,6 +10,7 @@ tokenizers come from tiny vocab/merges files written next to the test.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,9 +168,13 @@ def build_sd3(tmp) -> StableDiffusion3Pipeline:
         pos_embed_max_size=16)
     vae = tiny_vae(latent_channels, scaling_factor=1.5305, shift_factor=0.0609,
                    use_quant_conv=False, use_post_quant_conv=False)
+    tok3 = t5_tokenizer(tmp / "tok3")  # T5-XXL's role: its d_model is the joint attention width
+    te3 = T5EncoderModel(T5Config(vocab_size=len(tok3), d_model=64, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                  relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                  decoder_start_token_id=0))
     return StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                                     vae=vae, text_encoder=te1, tokenizer=tok1, text_encoder_2=te2, tokenizer_2=tok2,
-                                    text_encoder_3=None, tokenizer_3=None)
+                                    text_encoder_3=te3, tokenizer_3=tok3)
 
 
 def build_pipeline(family: str, tmp):
@@ -232,7 +237,7 @@ def test_arch_objective_and_latent_shape(saved, backbone):
                                                                  else "scaled_linear")
     assert [type(m).__name__ for m in backbone.text_encoders] == {
         "sd15": ["CLIPTextModel"], "sd2": ["CLIPTextModel"], "pixart_alpha": ["T5EncoderModel"],
-        "sd3": ["CLIPTextModelWithProjection", "CLIPTextModelWithProjection"]}[family]
+        "sd3": ["CLIPTextModelWithProjection", "CLIPTextModelWithProjection", "T5EncoderModel"]}[family]
     # the denoiser trains; the VAE and text encoders are frozen
     assert all(p.requires_grad for p in backbone.denoiser.parameters())
     for m in [backbone.vae, *backbone.text_encoders]:
@@ -250,7 +255,8 @@ REAL_CLASSES = {  # family -> model_index.json entries of the saved pipeline
                      "scheduler": "DPMSolverMultistepScheduler"},
     "sd3": {"_class_name": "StableDiffusion3Pipeline", "transformer": "SD3Transformer2DModel",
             "text_encoder": "CLIPTextModelWithProjection", "text_encoder_2": "CLIPTextModelWithProjection",
-            "tokenizer": "CLIPTokenizer", "tokenizer_2": "CLIPTokenizer", "text_encoder_3": None, "tokenizer_3": None,
+            "tokenizer": "CLIPTokenizer", "tokenizer_2": "CLIPTokenizer", "text_encoder_3": "T5EncoderModel",
+            "tokenizer_3": "T5Tokenizer",
             "scheduler": "FlowMatchEulerDiscreteScheduler"},
 }
 
@@ -274,7 +280,7 @@ def test_saved_pipeline_uses_real_classes(saved):
 def test_loaded_weights_equal_saved(saved, backbone):
     family, _, states = saved
     loaded = {_denoiser_name(family): backbone.denoiser, "vae": backbone.vae}
-    names = ["text_encoder", "text_encoder_2"] if family == "sd3" else ["text_encoder"]
+    names = ["text_encoder", "text_encoder_2", "text_encoder_3"] if family == "sd3" else ["text_encoder"]
     loaded.update(zip(names, backbone.text_encoders))
     assert set(loaded) == set(states)
     for name, module in loaded.items():
@@ -301,7 +307,7 @@ def test_encode(saved, backbone):
         assert mask.shape == (2, 120)
         assert set(mask.unique().tolist()) == {0, 1}  # real tokens, then padding
         assert cond["pooled"] is None
-    else:  # sd3: CLIP-L / CLIP-G tokens, then (absent T5's) zero tokens, all at joint_attention_dim
+    else:  # sd3: CLIP-L / CLIP-G tokens (zero-padded to T5's width), then T5's 256 tokens
         assert hidden.shape[2] == backbone.denoiser.config.joint_attention_dim
         assert hidden.shape[1] == CLIP_MAX_LEN + 256
         assert cond["pooled"].shape == (2, backbone.denoiser.config.pooled_projection_dim)
@@ -379,3 +385,67 @@ def test_distillation_trains_lora_and_tsm_students_of_the_real_pipeline_classes(
         student = attach_run_adapters(fresh(), {"method": "distill"}, SimpleNamespace(student=tmp_path / d))
         images = generate(student, PROMPTS, [0, 1], solver="renoise", timesteps=one["timesteps"], progress=False)
         assert images.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+@pytest.mark.parametrize("variant", ["lora", "dora"])
+def test_a_saved_adapter_with_alpha_not_rank_loads_in_a_stock_pipeline_with_our_outputs(saved, tmp_path, variant):
+    """Stock diffusers' `load_lora_weights` must scale by alpha / rank as we do (it assumed alpha = rank before
+    the files carried their LoraConfig): denoiser and text-encoder outputs match ours. DoRA adapters here are
+    denoiser-only, as the DoRA students are (transformers misnames DoRA's text-encoder magnitudes on load)."""
+    import diffusers
+
+    from tsmflow.adapters.lora import LoraSpec, add_lora, load_lora, save_lora
+    family, path, _ = saved
+    if family == "pixart_alpha":
+        pytest.skip("diffusers has no LoRA loader for PixArt-alpha (neither its pipeline nor its transformer)")
+    clip = ["q_proj", "v_proj"]
+    text = {"sd3": {"text_encoder": clip, "text_encoder_2": clip}}.get(family, clip)
+    spec = LoraSpec(rank=2, alpha=8.0, variant=variant, text_encoder_targets=text if variant == "lora" else [])
+    ours = load_backbone({"family": family, "pretrained": str(path), "local_files_only": True})
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in add_lora(ours, "trained", spec):
+            p.add_(0.3 * torch.randn_like(p))  # a trained adapter: B is no longer zero
+    save_lora(tmp_path / "expert", ours, "trained", spec)
+    reloaded = load_backbone({"family": family, "pretrained": str(path), "local_files_only": True})
+    load_lora(reloaded, tmp_path / "expert", "trained")
+    pipe = getattr(diffusers, FAMILIES[family][0]).from_pretrained(path, local_files_only=True)
+    pipe.load_lora_weights(tmp_path / "expert")
+    stock = Backbone(arch=ours.arch, denoiser=getattr(pipe, _denoiser_name(family)), vae=pipe.vae,
+                     noise_scheduler=ours.noise_scheduler, encode_fn=load_backbone.__globals__[
+                         "_pipeline_prompt_encoder"](pipe, family), family=family)
+    x, t = torch.randn(2, *ours.latent_shape), torch.tensor([10, 900])
+    with torch.no_grad():
+        want = ours.predict(x, t, ours.encode(PROMPTS))
+        base = load_backbone({"family": family, "pretrained": str(path), "local_files_only": True})
+        untouched = base.predict(x, t, base.encode(PROMPTS))
+        for other in (reloaded, stock):
+            assert torch.allclose(other.encode(PROMPTS)["hidden"], ours.encode(PROMPTS)["hidden"], atol=1e-5)
+            assert torch.allclose(other.predict(x, t, other.encode(PROMPTS)), want, atol=1e-4)
+    assert (want - untouched).abs().max() > 1e-2  # the adapter acts, so a wrong scale could not pass
+
+
+def test_sd3_spec_puts_lora_on_both_clips_and_names_t5_when_its_targets_are_clip_names(saved, tmp_path):
+    """config/backbones/sd3.yaml's per-encoder targets train on SD3 with its T5; one CLIP-named list for every
+    encoder fails in the first job, naming the encoder (peft's own error names neither it nor the key)."""
+    from tsmflow.adapters.lora import LoraSpec, add_lora, lora_parts
+    from tsmflow.config import load_backbone_config
+    from tsmflow.backbone_spec import lora_config
+    family, path, _ = saved
+    if family != "sd3":
+        pytest.skip("SD3 only")
+    root = Path(__file__).resolve().parents[1]
+    cfg = lora_config(load_backbone_config(root / "config/backbones/sd3.yaml"))
+    spec = LoraSpec(rank=2, alpha=2, denoiser_targets=cfg["denoiser_targets"],
+                    text_encoder_targets=cfg["text_encoder_targets"])
+    bb = load_backbone({"family": family, "pretrained": str(path), "local_files_only": True})
+    assert len(bb.text_encoders) == 3
+    assert sorted(lora_parts(bb, spec)) == ["text_encoder", "text_encoder_2", "transformer"]
+    assert add_lora(bb, "e0", spec)
+    assert not any("lora_" in n for n, _ in bb.text_encoders[2].named_parameters())  # T5 untouched
+    flat = LoraSpec(rank=2, alpha=2, text_encoder_targets=["q_proj", "k_proj", "v_proj", "out_proj"])
+    with pytest.raises(ValueError, match=r"matched no module of text_encoder_3 \(T5EncoderModel\)"):
+        add_lora(load_backbone({"family": family, "pretrained": str(path), "local_files_only": True}), "e0", flat)
+    typo = LoraSpec(rank=2, alpha=2, text_encoder_targets={"text_encoder_4": ["q"]})
+    with pytest.raises(ValueError, match="text_encoder_4"):
+        lora_parts(bb, typo)

@@ -168,3 +168,18 @@ def test_scripts_read_rule_params_not_the_config(root):
     # a key a script reads from snakemake.config is invisible to Snakemake's params rerun trigger
     offenders = [p.name for p in sorted((root / "scripts").glob("*.py")) if "snakemake.config" in p.read_text()]
     assert not offenders, f"scripts reading snakemake.config instead of rule params: {offenders}"
+
+
+def test_parsing_the_workflow_imports_neither_torch_nor_diffusers(root):
+    """Every library import of the Snakefile and its rule files, run in a fresh interpreter: building the DAG
+    (each dry run, each cluster submission) must not pay for torch."""
+    import re
+    import sys
+    lines = [m.group(0).strip() for f in [root / "Snakefile", *sorted((root / "rules").glob("*.smk"))]
+             for m in re.finditer(r"^\s*(from tsmflow[.\w]* import [\w, ]+|import tsmflow[.\w]*)", f.read_text(), re.M)]
+    assert len(lines) >= 4, lines
+    code = "\n".join(lines + ["import sys", "print(sorted(m for m in ('torch', 'diffusers', 'transformers') "
+                                            "if m in sys.modules))"])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]", f"parsing imports {r.stdout.strip()} via {lines}"

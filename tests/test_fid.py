@@ -6,8 +6,8 @@ from PIL import Image, ImageFilter
 
 from tsmflow.data.io import DataError, save_png
 from tsmflow.evaluation.evaluator import render_scenes, train_evaluator, load_evaluator
-from tsmflow.evaluation.fid import (FeatureExtractor, fid_from_stats, folder_fid, folder_stats, load_stats,
-                                    save_stats)
+from tsmflow.evaluation.fid import (FeatureExtractor, fid_from_stats, folder_features, folder_fid, folder_stats,
+                                    load_stats, save_stats)
 
 N = 160  # > the 96 feature dims, so the covariances are full rank
 
@@ -140,3 +140,18 @@ def test_fid_record_adds_precision_recall_where_reference_features_are_kept(tmp_
     clean = fid_record(model, folders["b"], ref, "shapes", validated=True, n_boot=0)
     noise = fid_record(model, folders["noise"], ref, "shapes", validated=True, n_boot=0)
     assert clean["precision"] > noise["precision"] and clean["recall"] > noise["recall"]
+
+
+def test_inception_features_load_from_the_configured_local_file_and_a_missing_one_names_the_key(tmp_path, folders):
+    from conftest import save_inception_stand_in
+    weights = save_inception_stand_in(tmp_path / "weights/my_inception.pt")  # any name: clean-fid wants its own
+    other = save_inception_stand_in(tmp_path / "weights/other.pt", seed=1)
+    feats = folder_features(None, folders["a"], num=8, feature_space="inception", inception_weights=weights)
+    assert feats.shape == (8, 2048) and np.isfinite(feats).all() and feats.std(0).max() > 0
+    # the configured file is the network that ran (clean-fid's cached or downloaded one never loads)
+    assert np.array_equal(feats, folder_features(None, folders["a"], num=8, feature_space="inception",
+                                                 inception_weights=weights))
+    assert not np.allclose(feats, folder_features(None, folders["a"], num=8, feature_space="inception",
+                                                  inception_weights=other))
+    with pytest.raises(DataError, match=r"fid\.inception_weights"):
+        folder_features(None, folders["a"], feature_space="inception", inception_weights=tmp_path / "absent.pt")

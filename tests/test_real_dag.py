@@ -13,8 +13,8 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import run_smoke
-from tsmflow import realscale
+from conftest import run_smoke, save_inception_stand_in
+from tsmflow import backbone_spec, realscale
 from tsmflow.config import load_backbone_config
 from tsmflow.reporting.tables import build_table
 from test_backbones import build_pipeline
@@ -36,9 +36,21 @@ def dry_run(snakemake_bin, root, workdir, configfile):
                            "--configfile", str(configfile)], capture_output=True, text=True, timeout=300)
 
 
+def with_fixture_data(root, tmp, name: str, **changes):
+    """A shipped spec with its placeholder data paths pointed at fixture data in the published formats."""
+    write_fixture_data(tmp)
+    spec = yaml.safe_load((root / f"config/backbones/{name}.yaml").read_text())
+    spec["data"] = {"train": {"image_text_folder": str(tmp / "laion")},
+                    "coco": {"annotations": str(tmp / "coco/annotations/captions_val2014.json"),
+                             "images": str(tmp / "coco/val2014")}}
+    spec.update(changes)
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
+    return tmp / "spec.yaml"
+
+
 @pytest.mark.parametrize("spec", SPECS)
 def test_backbone_spec_dry_run_lists_the_cluster_jobs(snakemake_bin, root, tmp_path, spec):
-    r = dry_run(snakemake_bin, root, tmp_path, root / f"config/backbones/{spec}.yaml")
+    r = dry_run(snakemake_bin, root, tmp_path / "work", with_fixture_data(root, tmp_path, spec))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert job_counts(r.stdout) == JOBS
     arch = ARCH[spec]
@@ -47,11 +59,25 @@ def test_backbone_spec_dry_run_lists_the_cluster_jobs(snakemake_bin, root, tmp_p
             assert f"results/real/{spec}/experts/{name}/expert{i}" in r.stdout
     for run in ["base", "lora_r4", "lora_r32", "tsm1", "tsm2"]:
         assert f"results/real/{spec}/runs/{run}/fid.json" in r.stdout
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "work/results").exists()
+
+
+def test_placeholder_data_and_absent_offline_inception_weights_fail_before_any_job(snakemake_bin, root, tmp_path):
+    r = dry_run(snakemake_bin, root, tmp_path, root / "config/backbones/sd15.yaml")  # /data/... placeholders
+    assert r.returncode != 0 and "config key data.train.image_text_folder: /data/laion-pop/ is not a directory" in (
+        r.stdout + r.stderr)
+    spec = with_fixture_data(root, tmp_path, "sd15", local_files_only=True)
+    r = dry_run(snakemake_bin, root, tmp_path / "work", spec)
+    assert r.returncode != 0 and "config key fid.inception_weights: an offline spec" in r.stdout + r.stderr
+    cfg = yaml.safe_load(spec.read_text())
+    cfg["fid"]["inception_weights"] = str(tmp_path / "absent.pt")
+    spec.write_text(yaml.safe_dump(cfg))
+    r = dry_run(snakemake_bin, root, tmp_path / "work", spec)
+    assert r.returncode != 0 and f"fid.inception_weights: {tmp_path / 'absent.pt'} is not a file" in r.stdout + r.stderr
 
 
 def test_bad_backbone_spec_fails_before_any_job(snakemake_bin, root, tmp_path):
-    spec = yaml.safe_load((root / "config/backbones/sd15.yaml").read_text())
+    spec = yaml.safe_load(with_fixture_data(root, tmp_path, "sd15").read_text())
     spec["optim"]["grad_accum"] = 3
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
     r = dry_run(snakemake_bin, root, tmp_path, tmp_path / "bad.yaml")
@@ -76,8 +102,8 @@ def test_run_fingerprint_changes_with_the_trained_weights_and_the_spec(tmp_path)
 
 def test_pixart_table_cites_tsm_table12_as_reference(root):
     spec = load_backbone_config(root / "config/backbones/pixart_alpha.yaml")
-    decl = realscale.table_decl(spec)
-    metrics = {r: {"fid": 20.0, "fid_n_samples": 30000, "fid_feature_space": "inception"} for r in realscale.runs(spec)}
+    decl = backbone_spec.table_decl(spec)
+    metrics = {r: {"fid": 20.0, "fid_n_samples": 30000, "fid_feature_space": "inception"} for r in backbone_spec.runs(spec)}
     df = build_table(decl, metrics).set_index("runs")
     assert df.loc["base", "FID [TSM Table 12]"] == "23.15" and df.loc["tsm2", "FID [TSM Table 12]"] == "16.78"
     assert df.loc["lora_r32", "FID [TSM Table 12]"] == "—"  # the paper has no such row
@@ -119,13 +145,15 @@ def tiny_spec(root, tmp):
     spec = yaml.safe_load((root / "config/backbones/sd15.yaml").read_text())
     spec.update(pretrained=str(tmp / "pipeline"), local_files_only=True, dtype="float32", resolution=32,
                 checkpoint_every=0, gpus_per_job=0, tsm={"core": 2, "context": [1]})
-    spec["lora"].update(rank=2, alpha=2)
+    spec["lora"].update(rank=2, alpha=6)  # alpha != rank: exported files must carry the scale alpha / rank
     spec["optim"].update(global_batch_size=4, grad_accum=2, steps=2)
-    spec["optim"]["text_encoder"]["lr"] = 1e-2  # its own AdamW group: visibly moves in 2 steps
+    for part in ("denoiser", "text_encoder"):
+        spec["optim"][part]["lr"] = 1e-2  # each its own AdamW group: visibly moves in 2 steps
     spec["data"] = {"train": {"image_text_folder": str(tmp / "laion")},
                     "coco": {"annotations": str(tmp / "coco/annotations/captions_val2014.json"),
                              "images": str(tmp / "coco/val2014")}}
-    spec["fid"].update(n_samples=4, n_reference=6, reference_resolution=32, steps=2, batch_size=4)
+    spec["fid"].update(n_samples=4, n_reference=6, reference_resolution=32, steps=2, batch_size=4,
+                       inception_weights=str(save_inception_stand_in(tmp / "inception/inception.pt")))
     (tmp / "spec.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
     return tmp / "spec.yaml"
 
@@ -161,6 +189,8 @@ def test_tiny_sd15_runs_the_real_dag(snakemake_bin, root, tmp_path):
     assert stats[("unet-post-n1-r4-s2", 0)]["trainable_params"] == sum(
         stats[("unet-post-n2-r2-s2", i)]["trainable_params"] for i in range(2))
     assert (res / "runs/tsm2/router/router.safetensors").is_file()
+    assert_stock_pipeline_reproduces(tmp_path / "pipeline", res / "experts/unet-post-n2-r2-s2/expert1")
+    assert_load_run_reproduces_the_dag_s_samples(spec, work, res)
     for run in runs:
         pngs = sorted((res / f"runs/{run}/fid_samples").glob("*.png"))
         assert len(pngs) == 4 and np.asarray(Image.open(pngs[0])).shape == (32, 32, 3)
@@ -168,19 +198,56 @@ def test_tiny_sd15_runs_the_real_dag(snakemake_bin, root, tmp_path):
                  "real_sample_fid"]:
         assert list((res / "logs" / rule).glob("*.log")), rule
 
-    # FID needs clean-fid's Inception weights (a download): stand-in statistics and scores, then the real table rule
-    np.savez(res / "coco_reference_inception.npz", mu=np.zeros(2), sigma=np.eye(2), n=np.int64(6),
-             feature_space=np.str_("inception"))
-    for k, run in enumerate(runs):
-        (res / f"runs/{run}/fid.json").write_text(json.dumps({"fid": 30.0 - k, "feature_space": "inception",
-                                                              "n_samples": 4, "n_reference": 6}))
-    r = run_smoke(snakemake_bin, root, work, "--cores", "1", configfile=spec, timeout=300)
+    # FID through its rules, with a stand-in for clean-fid's Inception file loaded from fid.inception_weights
+    r = run_smoke(snakemake_bin, root, work, "--cores", "1", configfile=spec, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert "real_compute_fid" not in r.stdout + r.stderr
+    ref = np.load(res / "coco_reference_inception.npz")
+    assert ref["mu"].shape == (2048,) and int(ref["n"]) == 6
+    fids = [json.loads((res / f"runs/{run}/fid.json").read_text()) for run in runs]
+    assert all(f["feature_space"] == "inception" and f["n_samples"] == 4 and f["fid"] > 0 for f in fids)
     table = pd.read_csv(res / "tables/post_pretraining.csv", dtype=str)
     assert table["row"].tolist() == ["SD1.5 (pre-trained)", "SD1.5 + vanilla LoRA r2", "SD1.5 + vanilla LoRA r4",
                                      "SD1.5 + TSM 1-stage", "SD1.5 + TSM 2-stage"]
-    assert table["FID (inception features)"].tolist() == ["30.00", "29.00", "28.00", "27.00", "26.00"]
+    assert table["FID (inception features)"].tolist() == [f"{f['fid']:.2f}" for f in fids]
     assert table["Trainable params"].iloc[2] == table["Trainable params"].iloc[3]  # LoRA r4 = TSM 1-stage
     assert not any("TSM Table 12" in c for c in table.columns)  # the paper post-pretrains PixArt-alpha only
     assert (res / "tables/post_pretraining.md").is_file() and (res / "tables/post_pretraining.tex").is_file()
+
+
+def assert_stock_pipeline_reproduces(pipeline, expert):
+    """A trained expert (alpha = 3 x rank) loaded by stock `load_lora_weights` gives our loader's outputs."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from tsmflow.adapters.lora import load_lora
+    from tsmflow.models.backbone import load_backbone
+    spec = {"family": "sd15", "pretrained": str(pipeline), "local_files_only": True}
+    ours, base = load_backbone(spec), load_backbone(spec)
+    lora = load_lora(ours, expert, "e")
+    assert lora.alpha == 3 * lora.rank
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline, local_files_only=True)
+    pipe.load_lora_weights(expert)
+    x, t = torch.randn(2, *ours.latent_shape, generator=torch.Generator().manual_seed(0)), torch.tensor([50, 700])
+    with torch.no_grad():
+        cond = ours.encode(CAPTIONS[:2])
+        stock_hidden, _ = pipe.encode_prompt(CAPTIONS[:2], "cpu", 1, do_classifier_free_guidance=False)
+        assert torch.allclose(stock_hidden, cond["hidden"], atol=1e-5)
+        want = ours.predict(x, t, cond)
+        got = pipe.unet(x, t, encoder_hidden_states=stock_hidden).sample
+        assert torch.allclose(got, want, atol=1e-4)
+        assert (want - base.predict(x, t, base.encode(CAPTIONS[:2]))).abs().max() > 1e-4  # the expert acts
+
+
+def assert_load_run_reproduces_the_dag_s_samples(spec, work, res):
+    """`realscale.load_run`, the documented way to use a trained run from Python, gives the DAG's own samples."""
+    from tsmflow.sampling.sample import generate
+    cfg = yaml.safe_load(spec.read_text())
+    for run in ("tsm1", "tsm2"):
+        first = json.loads((res / f"runs/{run}/fid_samples/labels.jsonl").read_text().splitlines()[0])
+        bb = realscale.load_run(spec, run, workdir=work)
+        image = generate(bb, [first["caption"]], [first["seed"]], steps=cfg["fid"]["steps"],
+                         guidance_scale=cfg["fid"]["guidance_scale"], progress=False)[0]
+        dag = np.asarray(Image.open(res / f"runs/{run}/fid_samples" / first["file"]))
+        assert np.abs(image.astype(int) - dag.astype(int)).max() <= 1, run
+    with pytest.raises(Exception, match="not one of this spec's runs"):
+        realscale.load_run(spec, "tsm3", workdir=work)

@@ -182,8 +182,25 @@ def test_merge_unmerge_round_trips_to_original_weights():
     assert fast.merges == 4  # once per interval change, not per step
     fast.restore()
     assert torch.allclose(model.to_q.base_layer.weight, w0, atol=1e-6)
-    with pytest.raises(ValueError, match="one timestep per batch"):
-        fast.set_timesteps(torch.tensor([0, 999]))
+    # a batch spanning intervals (training-time use) is routed per sample, as if each sample ran alone
+    t = torch.tensor([0, 999])
+    fast.set_timesteps(t)
+    with torch.no_grad():
+        mixed = model.to_q(x)
+        assert torch.allclose(model.to_q.base_layer.weight, w0, atol=1e-6)  # unmerged meanwhile
+        for k in range(2):
+            fast.set_timesteps(t[k:k + 1].repeat(2))
+            assert torch.allclose(model.to_q(x)[k], mixed[k], atol=1e-5)
+    assert fast.per_sample is None  # back on the merged path
+    fast.restore()
+    assert torch.allclose(model.to_q.base_layer.weight, w0, atol=1e-6)
+
+
+def test_a_vanilla_lora_run_takes_any_batch_of_timesteps_on_its_merged_weights():
+    model = toy_with_experts(["e0"])
+    fast = MergedIntervalExperts({"m": model}, Scale(1, ("e0",)), T)
+    assert fast.set_timesteps(torch.tensor([0, 500, 999]))  # one interval: merged, no per-sample routing
+    assert fast.per_sample is None and fast.merges == 1
 
 
 # ------------------------------------------------------------------ real denoisers

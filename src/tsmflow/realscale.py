@@ -1,7 +1,8 @@
 """The real DAG (rules/real.smk): post-pretraining of a paper backbone, from its `config/backbones/*.yaml` spec.
 
 TSM's post-pretraining task (Sec. 4.2, Sup. A and C.1) on a real model: LoRA experts trained on LAION-style
-image-text data, assembled by a router, and scored by FID-30K on COCO2014 captions (TSM Table 12). The runs:
+image-text data, assembled by a router, and scored by FID-30K on COCO2014 captions (TSM Table 12). The runs
+(planned, without torch, by `backbone_spec`):
 
 - ``base``: the pre-trained pipeline;
 - ``lora_r<r>``: vanilla LoRA, one expert over all timesteps. Every n=1 context scale of TSM is one (the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -27,7 +29,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .adapters.lora import adapter_parameters
-from .config import ConfigError
+from . import backbone_spec
+from .backbone_spec import lora_config
+from .config import ConfigError, load_backbone_config
 from .data.adapters import (
     TarShards,
     check_images_exist,
@@ -38,65 +42,13 @@ from .data.adapters import (
 )
 from .data.io import DataError, atomic_path, read_labels, write_labels
 from .expert_sets import ExpertSet
-from .models.backbone import FAMILIES, Backbone, load_backbone, pretrained_kwargs
+from .models.backbone import Backbone, load_backbone, pretrained_kwargs
 from .runs import attach_run_adapters
 from .training import experts
 
-TASK = "post"  # expert-set task: post-pretraining on general image-text data
-ADAMW_BETAS = (0.9, 0.999)  # what loop.train uses when no param group sets its own
-PAPER_ROWS = {"pixart_alpha": {"base": "PixArt-α", "tsm2": "PixArt-α + TSM"}}  # TSM Table 12
-FAMILY_LABEL = {"sd15": "SD1.5", "sd2": "SD2", "pixart_alpha": "PixArt-α", "sd3": "SD3"}
 
 
-# ---------------------------------------------------------------- what a spec trains
-
-
-def _sets(spec: dict) -> tuple[ExpertSet, list[ExpertSet], ExpertSet]:
-    """(core set, context sets, the vanilla LoRA with the core's parameter count)."""
-    arch = FAMILIES[spec["family"]][1]
-    r, steps, n_core = spec["lora"]["rank"], spec["optim"]["steps"], spec["tsm"]["core"]
-    core = ExpertSet(arch, TASK, n_core, r, steps)
-    context = [ExpertSet(arch, TASK, n, r, steps) for n in spec["tsm"]["context"]]
-    return core, context, ExpertSet(arch, TASK, 1, r * n_core, steps)
-
-
-def expert_sets(spec: dict) -> dict[str, ExpertSet]:
-    """Every expert set the spec trains, by name: one training job per interval of each."""
-    core, context, lora = _sets(spec)
-    return {es.name: es for es in [core, *context, lora]}
-
-
-def runs(spec: dict) -> dict[str, dict]:
-    """The runs (rows of the table), in the miniature's run format (`runs.attach_run_adapters` loads them)."""
-    core, context, lora = _sets(spec)
-    out = {"base": {"method": "base"}}
-    for es in [c for c in context if c.n == 1] + [lora]:
-        out[f"lora_r{es.rank}"] = {"method": "lora", "experts": es.name}
-    out["tsm1"] = {"method": "tsm1", "experts": core.name}
-    out["tsm2"] = {"method": "tsm2", "core": core.name, "context": [c.name for c in context],
-                   **spec.get("router", {})}
-    return out
-
-
-def train_config(spec: dict) -> dict:
-    """`loop.TrainConfig` keys from Sup. A: global batch = batch_size (split over GPUs) x grad_accum."""
-    o = spec["optim"]
-    accum = o.get("grad_accum", 1)
-    if o["global_batch_size"] % accum:
-        raise ConfigError(f"optim.global_batch_size={o['global_batch_size']} is not a multiple of "
-                          f"optim.grad_accum={accum}")
-    return {"steps": o["steps"], "batch_size": o["global_batch_size"] // accum, "grad_accum": accum,
-            "lr": o["denoiser"]["lr"], "weight_decay": o["denoiser"]["weight_decay"],
-            "warmup_steps": o.get("warmup_steps", 0), "max_grad_norm": o.get("max_grad_norm", 1.0),
-            "checkpoint_every": spec.get("checkpoint_every", 100), "seed": spec.get("seed", 0)}
-
-
-def lora_config(spec: dict) -> dict:
-    """The miniature's `lora:` block, from the spec (alpha scales with rank: alpha = r in Sup. A)."""
-    lo = spec["lora"]
-    return {"alpha_over_rank": lo["alpha"] / lo["rank"], "denoiser_targets": lo["denoiser_target_modules"],
-            "text_encoder_targets": lo["text_encoder_target_modules"],
-            "caption_dropout": spec.get("caption_dropout", 0.1), "train": train_config(spec)}
+# ---------------------------------------------------------------- optimizer groups
 
 
 def optimizer_groups(backbone: Backbone, adapter: str, spec: dict) -> list[dict]:
@@ -107,13 +59,6 @@ def optimizer_groups(backbone: Backbone, adapter: str, spec: dict) -> list[dict]
              "weight_decay": o["denoiser"]["weight_decay"], "betas": tuple(o["betas"])},
             {"params": text, "lr": o["text_encoder"]["lr"], "weight_decay": o["text_encoder"]["weight_decay"],
              "betas": tuple(o["betas"])}]
-
-
-def router_config(spec: dict) -> dict:
-    """`training.assemble`'s router block: the assembling stage trains as long as fostering, at the denoiser's lr."""
-    if tuple(spec["optim"]["betas"]) != ADAMW_BETAS:
-        raise ConfigError(f"optim.betas={spec['optim']['betas']}: the router trains with AdamW betas {ADAMW_BETAS}")
-    return {"train": train_config(spec)}
 
 
 # ---------------------------------------------------------------- loading
@@ -260,28 +205,25 @@ def train_expert(backbone: Backbone, spec: dict, es: ExpertSet, interval: int, l
                                 info={"family": spec["family"]})
 
 
-# ---------------------------------------------------------------- the table
 
 
-def table_decl(spec: dict) -> dict:
-    """The post-pretraining table, in `reporting.tables.build_table`'s format, beside TSM Table 12 where the
-    paper has the backbone (PixArt-alpha only)."""
-    name = FAMILY_LABEL[spec["family"]]
-    labels = {"base": f"{name} (pre-trained)", "tsm1": f"{name} + TSM 1-stage", "tsm2": f"{name} + TSM 2-stage"}
-    paper = PAPER_ROWS.get(spec["family"], {})
-    rows = []
-    for run, r in runs(spec).items():
-        label = labels.get(run) or f"{name} + vanilla LoRA r{ExpertSet.parse(r['experts']).rank}"
-        rows.append({"run": run, "label": label, **({"paper_row": paper[run]} if run in paper else {})})
-    n = spec["fid"]["n_samples"]
-    caption = (f"FID of {n} images sampled from COCO2014 val captions against the real val images, in clean-fid's "
-               f"Inception features (lower is better). Trainable parameters as TSM Table 9 counts them. Data: "
-               f"{spec['data']['train'].get('image_text_folder') or spec['data']['train'].get('shards')}.")
-    decl = {"title": f"Post-pretraining {name}: FID on COCO2014", "rows": rows,
-            "columns": ["fid", "trainable_params", "trainable_pct"]}
-    if paper:
-        decl.update(title=decl["title"] + " (TSM Table 12)", paper_table="tsm_table12")
-        caption += (" Columns marked [TSM Table 12] are the paper's numbers (PixArt-α post-pretrained on "
-                    "SAM-LLaVA-Captions10M, FID-30K), for reference only: not computed by this workflow.")
-    decl["caption"] = caption
-    return decl
+# ---------------------------------------------------------------- using a trained run outside the DAG
+
+
+def load_run(spec, run: str, workdir=".", to_device: bool = True) -> Backbone:
+    """A run the real DAG trained, ready to sample: the spec's pipeline with the run's experts (and router).
+
+    `spec` is a `config/backbones/*.yaml` path or its dict, `workdir` the directory the DAG ran in. Then
+    ``sampling.sample.generate(bb, prompts, seeds, steps=50, guidance_scale=7.5)`` gives uint8 images.
+    """
+    spec = spec if isinstance(spec, dict) else load_backbone_config(spec)
+    runs = backbone_spec.runs(spec)
+    if run not in runs:
+        raise ConfigError(f"run {run!r} is not one of this spec's runs {sorted(runs)}")
+    inputs = backbone_spec.run_inputs(spec, run)
+    paths = {"experts": [Path(workdir, d) for d in inputs["experts"]],
+             **({"router": Path(workdir, inputs["router"])} if "router" in inputs else {})}
+    for d in paths["experts"] + ([paths["router"]] if "router" in paths else []):
+        if not d.is_dir():
+            raise DataError(f"{d}: not trained yet (run the DAG for {backbone_spec.run_path(spec, run, '')})")
+    return load_real_backbone(spec, runs[run], SimpleNamespace(**paths), to_device=to_device)

@@ -33,6 +33,7 @@ from .lorad import lorad_config
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 CONFIG = "adapter_config.json"
+LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base's key: the LoraConfig per part
 # diffusers' prefix for the denoiser of each architecture
 DENOISER_PREFIX = {"unet": "unet", "dit": "transformer", "mmdit": "transformer"}
 VARIANTS = ("lora", "dora", "lorad")
@@ -43,7 +44,9 @@ class LoraSpec:
     rank: int
     alpha: float
     denoiser_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    text_encoder_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # one list for every text encoder, or {"text_encoder": [...], "text_encoder_3": [...]}: T5 names its
+    # projections q/k/v/o where CLIP says q_proj/...; an encoder left out of the dict gets no adapter
+    text_encoder_targets: list[str] | dict[str, list[str]] = field(default_factory=lambda: ["q_proj", "v_proj"])
     dropout: float = 0.0
     variant: str = "lora"
 
@@ -61,9 +64,17 @@ class LoraSpec:
 def lora_parts(backbone: Backbone, spec: LoraSpec) -> dict[str, tuple[nn.Module, list[str]]]:
     """The models an adapter touches, keyed by their diffusers prefix, with their target modules."""
     parts = {DENOISER_PREFIX[backbone.arch]: (backbone.denoiser, spec.denoiser_targets)}
-    if spec.text_encoder_targets:
-        for i, te in enumerate(backbone.text_encoders):
-            parts["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = (te, spec.text_encoder_targets)
+    encoders = {"text_encoder" if i == 0 else f"text_encoder_{i + 1}": te for i, te in enumerate(backbone.text_encoders)}
+    targets = spec.text_encoder_targets
+    if isinstance(targets, dict):
+        unknown = sorted(set(targets) - set(encoders))
+        if unknown:
+            raise ValueError(f"LoRA text-encoder targets name {unknown}, but this {backbone.family} backbone's text "
+                             f"encoders are {sorted(encoders)}")
+    for prefix, te in encoders.items():
+        mine = targets.get(prefix, []) if isinstance(targets, dict) else targets
+        if mine:
+            parts[prefix] = (te, list(mine))
     return parts
 
 
@@ -81,12 +92,23 @@ def inject(spec: LoraSpec, targets: list[str], model: nn.Module, name: str) -> N
 def add_lora(backbone: Backbone, name: str, spec: LoraSpec) -> list[nn.Parameter]:
     """Inject adapter `name` into the denoiser (and text encoders); returns its parameters."""
     params = []
-    for model, targets in lora_parts(backbone, spec).values():
-        inject(spec, targets, model, name)
+    for prefix, (model, targets) in lora_parts(backbone, spec).items():
+        try:
+            inject(spec, targets, model, name)
+        except ValueError as e:  # peft's no-match error names neither the model nor the config key
+            raise ValueError(no_match(prefix, model, targets)) from e
+        if not adapter_parameters(model, name):
+            raise ValueError(no_match(prefix, model, targets))
         params += adapter_parameters(model, name)
-    if not params:
-        raise ValueError(f"LoRA targets {spec.denoiser_targets} matched no module of the {backbone.arch} denoiser")
     return params
+
+
+def no_match(prefix: str, model: nn.Module, targets: list[str]) -> str:
+    msg = f"LoRA targets {targets} matched no module of {prefix} ({type(model).__name__})"
+    if prefix.startswith("text_encoder"):
+        msg += ("; give each text encoder its own targets, e.g. text_encoder_target_modules: "
+                "{text_encoder: [q_proj, v_proj], text_encoder_3: [q, v]}")
+    return msg
 
 
 def adapter_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
@@ -107,12 +129,24 @@ def save_adapter(out_dir, models: dict[str, nn.Module], name: str, spec: LoraSpe
     """Adapter `name` of each model, keyed by its diffusers prefix, in the layout `save_lora` writes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {}
+    tensors, peft_configs = {}, {}
     for prefix, model in models.items():
         sd = get_peft_model_state_dict(model, adapter_name=name)
         tensors.update({f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in sd.items()})
-    save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt"})
+        peft_configs[prefix] = model.peft_config[name]
+    save_file(tensors, str(out / WEIGHTS), metadata=stock_metadata(peft_configs, spec.variant))
     (out / CONFIG).write_text(json.dumps({**asdict(spec), **(extra or {})}, indent=2))
+
+
+def stock_metadata(peft_configs: dict[str, LoraConfig], variant: str) -> dict[str, str]:
+    """safetensors metadata with each part's LoraConfig, as diffusers' own trainers write it: without it a stock
+    `load_lora_weights` infers the rank from the shapes but takes alpha = rank, a silently wrong scale."""
+    meta = {"format": "pt"}
+    if variant == "lorad":  # a custom layer a stock pipeline cannot build: there is nothing to describe to it
+        return meta
+    packed = {f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v
+              for prefix, cfg in peft_configs.items() for k, v in cfg.to_dict().items()}
+    return {**meta, LORA_ADAPTER_METADATA_KEY: json.dumps(packed, sort_keys=True, default=str)}
 
 
 def merge_adapters(model: nn.Module) -> nn.Module:

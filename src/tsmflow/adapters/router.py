@@ -167,22 +167,32 @@ class ExpertMixture(nn.Module):
 class MergedIntervalExperts:
     """1-stage fast path: merge the expert of the current interval into the weights.
 
-    All samples of a batch must share t (true when sampling). Call `restore()`
-    to unmerge before using the layers any other way.
+    A batch whose samples fall in one interval (sampling; any batch of a vanilla LoRA) runs on the merged
+    weights. One that spans intervals (training, a distillation teacher) is routed per sample, unmerged, by
+    a core-only `ExpertMixture`: the same function. Call `restore()` to unmerge before using the layers any
+    other way.
     """
 
     def __init__(self, models: dict[str, nn.Module], scale: Scale, num_timesteps: int):
-        self.scale, self.num_timesteps = scale, num_timesteps
+        self.models, self.scale, self.num_timesteps = models, scale, num_timesteps
         self.layers = [m for model in models.values() for m in model.modules() if isinstance(m, LoraLayer)]
         if not self.layers:
             raise ValueError("no peft LoRA layers found: load the experts first")
         self.active: int | None = None
         self.merges = 0
+        self.per_sample: ExpertMixture | None = None
 
     def set_timesteps(self, t: torch.Tensor) -> bool:
-        if not bool((t == t.flatten()[0]).all()):
-            raise ValueError("the merged fast path needs one timestep per batch; use ExpertMixture")
-        i = int(interval_of(t.flatten()[:1], self.scale.n, self.num_timesteps))
+        idx = interval_of(t.flatten(), self.scale.n, self.num_timesteps)
+        if not bool((idx == idx[0]).all()):
+            self.restore()
+            if self.per_sample is None:
+                self.per_sample = ExpertMixture(self.models, self.scale, [], self.num_timesteps)
+            return self.per_sample.set_timesteps(t)
+        if self.per_sample is not None:
+            self.per_sample.remove()
+            self.per_sample = None
+        i = int(idx[0])
         if i == self.active:
             return False
         self.restore()

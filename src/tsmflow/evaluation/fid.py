@@ -9,6 +9,7 @@ the features are those of (nearly) the images as generated. `native=True` skips 
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -66,14 +67,37 @@ def _device(device=None) -> torch.device:
 FEATURE_SPACES = ("shapes", "patch", "inception")
 
 
+INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's TorchScript Inception-V3, as NVIDIA publishes it
+INCEPTION_KEY = "fid.inception_weights"
+
+
+def inception_extractor(weights, device):
+    """clean-fid's Inception-V3 ("clean" mode) from a local copy of its weights, or with `weights` None from
+    clean-fid's own cache, which it fills by downloading (a node without internet cannot)."""
+    from cleanfid.inception_torchscript import InceptionV3W
+    if weights is None:
+        try:
+            return build_feature_extractor("clean", device, use_dataparallel=False)
+        except OSError as e:  # URLError: an offline node
+            raise DataError(f"clean-fid could not fetch its Inception weights ({e}); put {INCEPTION_FILE} on "
+                            f"shared storage and set config key {INCEPTION_KEY} to it") from e
+    path = Path(weights)
+    if not path.is_file():
+        raise DataError(f"{path}: Inception weights not found (config key {INCEPTION_KEY})")
+    with tempfile.TemporaryDirectory() as d:  # clean-fid loads <dir>/<its file name>: point that at ours
+        (Path(d) / INCEPTION_FILE).symlink_to(path.resolve())
+        model = InceptionV3W(d, download=False, resize_inside=False).to(device).eval()
+    return model
+
+
 def folder_features(model: Detector | None, folder, batch_size: int = 128, num: int | None = None,
                     device=None, native: bool = False, verbose: bool = False,
-                    feature_space: str = "shapes") -> np.ndarray:
+                    feature_space: str = "shapes", inception_weights=None) -> np.ndarray:
     """(N, D) features of every image under `folder` (recursively), via clean-fid.
 
     feature_space "shapes": the evaluator's penultimate features (`model` required);
     "patch": the same features of each image's four quadrants (Patch-FID);
-    "inception": clean-fid's standard Inception-V3 (downloads weights on first use).
+    "inception": clean-fid's standard Inception-V3, from `inception_weights` (a local file) or downloaded.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -87,7 +111,7 @@ def folder_features(model: Detector | None, folder, batch_size: int = 128, num: 
         extractor = FeatureExtractor(model.to(dev), patches=feature_space == "patch").to(dev)
         resize = _native if native else None
     else:
-        extractor, resize = build_feature_extractor("clean", dev, use_dataparallel=False), None
+        extractor, resize = inception_extractor(inception_weights, dev), None
     try:
         # num_workers=0: the workflow runs this inside jobs that already own their cores
         return cfid.get_folder_features(str(folder), extractor, num_workers=0, num=num, batch_size=batch_size,
@@ -98,11 +122,11 @@ def folder_features(model: Detector | None, folder, batch_size: int = 128, num: 
 
 
 def folder_stats(model: Detector | None, folder, batch_size: int = 128, num: int | None = None, device=None,
-                 native: bool = False, verbose: bool = False,
-                 feature_space: str = "shapes") -> tuple[np.ndarray, np.ndarray, int]:
+                 native: bool = False, verbose: bool = False, feature_space: str = "shapes",
+                 inception_weights=None) -> tuple[np.ndarray, np.ndarray, int]:
     """(mu, sigma, n) of the features of the images under `folder`."""
     feats = folder_features(model, folder, batch_size, num, device, native, verbose,
-                            feature_space).astype(np.float64)
+                            feature_space, inception_weights).astype(np.float64)
     if len(feats) < 2:
         raise DataError(f"{folder}: FID needs at least 2 images, found {len(feats)}")
     return feats.mean(axis=0), np.cov(feats, rowvar=False), len(feats)

@@ -16,10 +16,11 @@ from .stats import clustered_mean
 
 
 def fid_record(model: Detector | None, folder, reference, feature_space: str, validated: bool,
-               n_boot: int = 200, seed: int = 0) -> dict:
+               n_boot: int = 200, seed: int = 0, inception_weights=None) -> dict:
     """FID of an image folder against cached reference stats, with both sample counts and a bootstrap SE over
     the samples (the reference stats are fixed; n_boot=0 leaves the SE out)."""
-    feats = folder_features(model, folder, feature_space=feature_space).astype(np.float64)
+    feats = folder_features(model, folder, feature_space=feature_space,
+                            inception_weights=inception_weights).astype(np.float64)
     if len(feats) < 2:
         raise DataError(f"{folder}: FID needs at least 2 images, found {len(feats)}")
     ref = load_stats(reference)

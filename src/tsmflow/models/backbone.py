@@ -21,15 +21,10 @@ import torch
 import torch.nn as nn
 from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+from ..backbone_spec import FAMILIES
+
 Cond = dict  # {"hidden": (B, L, D), "mask": (B, L) or None, "pooled": (B, P) or None}
 
-# family -> (diffusers pipeline class, denoiser arch, denoiser attribute on the pipeline)
-FAMILIES = {
-    "sd15": ("StableDiffusionPipeline", "unet", "unet"),
-    "sd2": ("StableDiffusionPipeline", "unet", "unet"),
-    "pixart_alpha": ("PixArtAlphaPipeline", "dit", "transformer"),
-    "sd3": ("StableDiffusion3Pipeline", "mmdit", "transformer"),
-}
 
 
 @dataclass
