@@ -34,6 +34,12 @@ else:
     check_thread_rules()
 
 
+from tsmflow.workflow import LAUNCH  # noqa: E402
+
+# jobs (local, or the snakemake a cluster job runs, which parses this file again) inherit it
+os.environ[LAUNCH] = "1" if config.get("accelerate_launch") else ""
+
+
 report: "report/workflow.rst"
 
 

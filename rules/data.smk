@@ -14,9 +14,6 @@ rule render_dataset:
     benchmark:
         get_benchmark("render_dataset", "{split}")
     threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -34,9 +31,6 @@ rule make_compbench_prompts:
     benchmark:
         get_benchmark("make_compbench_prompts")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -56,9 +50,6 @@ rule data_coverage:
     benchmark:
         get_benchmark("data_coverage")
     threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
         "../envs/workflow.yaml"
     script:

@@ -17,8 +17,6 @@ rule deme_finetune_range:
         get_benchmark("deme_finetune_range", "{deme_set}", "{range}")
     threads: get_threads("deme_finetune_range")
     resources:
-        mem_mb=8000,
-        runtime=240,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -44,8 +42,6 @@ rule deme_merge_search:
         get_benchmark("deme_merge_search", "{deme_set}")
     threads: get_threads("deme_merge_search")
     resources:
-        mem_mb=8000,
-        runtime=240,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -69,9 +65,6 @@ rule plot_deme_cosine:
     benchmark:
         get_benchmark("plot_deme_cosine", "{deme_set}")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -98,9 +91,6 @@ rule plot_deme_sensitivity:
     benchmark:
         get_benchmark("plot_deme_sensitivity", "{table}")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:

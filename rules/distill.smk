@@ -16,8 +16,6 @@ rule distill_student:
         get_benchmark("distill_student", "{student}")
     threads: get_threads("distill_student")
     resources:
-        mem_mb=16000,
-        runtime=480,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -44,9 +42,6 @@ rule plot_weight_change:
     benchmark:
         get_benchmark("plot_weight_change", "{table}")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:

@@ -19,8 +19,6 @@ rule train_full:
         get_benchmark("train_full", "{finetune}")
     threads: get_threads("train_full")
     resources:
-        mem_mb=8000,
-        runtime=240,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -45,8 +43,6 @@ rule train_dmp:
         get_benchmark("train_dmp", "{finetune}")
     threads: get_threads("train_dmp")
     resources:
-        mem_mb=8000,
-        runtime=240,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -75,9 +71,6 @@ rule plot_dmp_activation:
     benchmark:
         get_benchmark("plot_dmp_activation", "{finetune}")
     threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -104,9 +97,6 @@ rule plot_fid_vs_steps:
     benchmark:
         get_benchmark("plot_fid_vs_steps", "{table}")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:

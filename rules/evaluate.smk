@@ -17,8 +17,6 @@ rule train_evaluator:
         get_benchmark("train_evaluator")
     threads: get_threads("train_evaluator")
     resources:
-        mem_mb=8000,
-        runtime=60,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -48,9 +46,6 @@ rule validate_evaluator:
     benchmark:
         get_benchmark("validate_evaluator")
     threads: get_threads("validate_evaluator")
-    resources:
-        mem_mb=4000,
-        runtime=30,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -70,9 +65,6 @@ rule fid_reference_stats:
     benchmark:
         get_benchmark("fid_reference_stats", "{feature_space}")
     threads: get_threads("fid_reference_stats")
-    resources:
-        mem_mb=4000,
-        runtime=30,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -107,8 +99,6 @@ rule evaluate_run:
         get_benchmark("evaluate_run", "{run}")
     threads: get_threads("evaluate_run")
     resources:
-        mem_mb=4000,
-        runtime=90,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"

@@ -17,8 +17,6 @@ rule pretrain_base:
         get_benchmark("pretrain_base", "{backbone}")
     threads: get_threads("pretrain_base")
     resources:
-        mem_mb=8000,
-        runtime=240,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -48,8 +46,6 @@ rule sample_base_grid:
         get_benchmark("sample_base_grid", "{backbone}")
     threads: get_threads("sample_base_grid")
     resources:
-        mem_mb=4000,
-        runtime=30,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"

@@ -15,8 +15,6 @@ rule real_encode_latents:
         get_benchmark("real_encode_latents")
     threads: 8
     resources:
-        mem_mb=64000,
-        runtime=720,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -35,9 +33,6 @@ rule real_coco_reference:
     benchmark:
         get_benchmark("real_coco_reference")
     threads: 4
-    resources:
-        mem_mb=8000,
-        runtime=240,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -57,8 +52,6 @@ rule real_fid_reference_stats:
         get_benchmark("real_fid_reference_stats")
     threads: 8
     resources:
-        mem_mb=32000,
-        runtime=120,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -79,8 +72,6 @@ rule real_train_expert:
         get_benchmark("real_train_expert", "{expert_set}", "{interval}")
     threads: 8
     resources:
-        mem_mb=64000,
-        runtime=720,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -102,8 +93,6 @@ rule real_assemble_router:
         get_benchmark("real_assemble_router", "{run}")
     threads: 8
     resources:
-        mem_mb=64000,
-        runtime=720,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -127,8 +116,6 @@ rule real_sample_fid:
         get_benchmark("real_sample_fid", "{run}")
     threads: 8
     resources:
-        mem_mb=32000,
-        runtime=720,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -150,8 +137,6 @@ rule real_compute_fid:
         get_benchmark("real_compute_fid", "{run}")
     threads: 8
     resources:
-        mem_mb=32000,
-        runtime=120,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -178,9 +163,6 @@ rule real_table:
     benchmark:
         get_benchmark("real_table")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:

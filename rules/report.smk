@@ -20,9 +20,6 @@ rule make_table:
     benchmark:
         get_benchmark("make_table", "{table}")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -47,9 +44,6 @@ rule make_claims:
     benchmark:
         get_benchmark("make_claims")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -75,9 +69,6 @@ rule publish_results:
     benchmark:
         get_benchmark("publish_results")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -101,9 +92,6 @@ rule plot_table_categories:
     benchmark:
         get_benchmark("plot_table_categories", "{table}")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -127,9 +115,6 @@ rule plot_table_fid:
     benchmark:
         get_benchmark("plot_table_fid", "{table}")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -155,9 +140,6 @@ rule run_sample_grid:
     benchmark:
         get_benchmark("run_sample_grid", "{run}")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -181,9 +163,6 @@ rule plot_score_vs_n:
     benchmark:
         get_benchmark("plot_score_vs_n", "{table}")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -212,8 +191,6 @@ rule plot_router_gates:
         get_benchmark("plot_router_gates", "{run}")
     threads: get_threads("plot_router_gates")
     resources:
-        mem_mb=4000,
-        runtime=20,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"

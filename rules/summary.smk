@@ -13,9 +13,6 @@ rule plot_training_curves:
     benchmark:
         get_benchmark("plot_training_curves")
     threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
         "../envs/workflow.yaml"
     script:
@@ -38,9 +35,6 @@ rule foundation_summary:
     benchmark:
         get_benchmark("foundation_summary")
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/workflow.yaml"
     script:

@@ -14,8 +14,6 @@ rule train_text_encoder:
         get_benchmark("train_text_encoder")
     threads: get_threads("train_text_encoder")
     resources:
-        mem_mb=8000,
-        runtime=60,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"

@@ -23,8 +23,6 @@ rule generate_prompt_images:
         get_benchmark("generate_prompt_images", "{backbone}")
     threads: get_threads("generate_prompt_images")
     resources:
-        mem_mb=8000,
-        runtime=120,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -44,8 +42,6 @@ rule encode_prompt_images:
         get_benchmark("encode_prompt_images", "{backbone}")
     threads: get_threads("encode_prompt_images")
     resources:
-        mem_mb=8000,
-        runtime=30,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -66,8 +62,6 @@ rule train_expert:
         get_benchmark("train_expert", "{expert_set}", "{interval}")
     threads: get_threads("train_expert")
     resources:
-        mem_mb=8000,
-        runtime=240,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -90,8 +84,6 @@ rule assemble_router:
         get_benchmark("assemble_router", "{run}")
     threads: get_threads("assemble_router")
     resources:
-        mem_mb=8000,
-        runtime=240,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -113,8 +105,6 @@ rule train_moe_lora:
         get_benchmark("train_moe_lora", "{run}")
     threads: get_threads("train_moe_lora")
     resources:
-        mem_mb=8000,
-        runtime=240,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"

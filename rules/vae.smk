@@ -14,8 +14,6 @@ rule train_vae:
         get_benchmark("train_vae")
     threads: get_threads("train_vae")
     resources:
-        mem_mb=8000,
-        runtime=120,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -35,8 +33,6 @@ rule encode_latents:
         get_benchmark("encode_latents")
     threads: get_threads("encode_latents")
     resources:
-        mem_mb=8000,
-        runtime=30,
         **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
@@ -58,9 +54,6 @@ rule evaluate_vae:
     benchmark:
         get_benchmark("evaluate_vae")
     threads: get_threads("evaluate_vae")
-    resources:
-        mem_mb=4000,
-        runtime=20,
     conda:
         "../envs/workflow.yaml"
     script:

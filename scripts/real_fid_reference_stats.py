@@ -5,6 +5,5 @@ from tsmflow.workflow import setup
 setup(snakemake)
 mu, sigma, n = folder_stats(None, snakemake.input.reference, feature_space="inception",
                            inception_weights=snakemake.params.inception_weights)
-save_stats(snakemake.output.stats, mu, sigma, n, feature_space="inception",
-                           inception_weights=snakemake.params.inception_weights)
+save_stats(snakemake.output.stats, mu, sigma, n, feature_space="inception")
 print(f"reference stats (inception): {n} images")

@@ -166,7 +166,8 @@ def test_experts_of_a_set_are_separate_jobs(snakemake_bin, root, tmp_path):
 
 def test_scripts_read_rule_params_not_the_config(root):
     # a key a script reads from snakemake.config is invisible to Snakemake's params rerun trigger
-    offenders = [p.name for p in sorted((root / "scripts").glob("*.py")) if "snakemake.config" in p.read_text()]
+    offenders = [p.name for p in sorted([*(root / "scripts").glob("*.py"), *(root / "src/tsmflow").rglob("*.py")])
+                 if "snakemake.config" in p.read_text()]
     assert not offenders, f"scripts reading snakemake.config instead of rule params: {offenders}"
 
 
@@ -183,3 +184,18 @@ def test_parsing_the_workflow_imports_neither_torch_nor_diffusers(root):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]", f"parsing imports {r.stdout.strip()} via {lines}"
+
+
+def test_memory_and_runtime_live_in_the_slurm_profile_and_it_names_only_real_rules(root):
+    import re
+    smk = {f.name: f.read_text() for f in sorted((root / "rules").glob("*.smk"))}
+    sized = [f"{name}: {m[0].strip()}" for name, text in smk.items()
+             for m in re.finditer(r"^\s+(mem_mb|runtime)\s*=.*$", text, re.M)]
+    assert not sized, f"rules size themselves; sizes belong in profiles/slurm/config.yaml: {sized}"
+    rules = {m[1] for text in smk.values() for m in re.finditer(r"^(?:rule|use rule \w+ as) (\w+)", text, re.M)}
+    profile = yaml.safe_load((root / "profiles/slurm/config.yaml").read_text())
+    unknown = sorted(set(profile["set-resources"]) - rules)
+    assert not unknown, f"profiles/slurm/config.yaml sizes rules that do not exist: {unknown}"
+    gpu_rules = {"train_expert", "distill_student", "evaluate_run", "real_train_expert", "real_sample_fid"}
+    assert all("mem_mb" in profile["set-resources"][r] and "runtime" in profile["set-resources"][r]
+               for r in gpu_rules)

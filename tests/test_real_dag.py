@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
@@ -140,10 +141,10 @@ def write_fixture_data(root):
         json.dumps({"images": images, "annotations": annotations}))
 
 
-def tiny_spec(root, tmp):
-    """sd15.yaml with the tiny pipeline, the fixture data and tiny sizes: the same keys a cluster run uses."""
-    spec = yaml.safe_load((root / "config/backbones/sd15.yaml").read_text())
-    spec.update(pretrained=str(tmp / "pipeline"), local_files_only=True, dtype="float32", resolution=32,
+def tiny_spec(root, tmp, family: str = "sd15", dtype: str = "float32"):
+    """A shipped spec with the tiny pipeline, the fixture data and tiny sizes: the same keys a cluster run uses."""
+    spec = yaml.safe_load((root / f"config/backbones/{family}.yaml").read_text())
+    spec.update(pretrained=str(tmp / "pipeline"), local_files_only=True, dtype=dtype, resolution=32,
                 checkpoint_every=0, gpus_per_job=0, tsm={"core": 2, "context": [1]})
     spec["lora"].update(rank=2, alpha=6)  # alpha != rank: exported files must carry the scale alpha / rank
     spec["optim"].update(global_batch_size=4, grad_accum=2, steps=2)
@@ -212,6 +213,34 @@ def test_tiny_sd15_runs_the_real_dag(snakemake_bin, root, tmp_path):
     assert table["Trainable params"].iloc[2] == table["Trainable params"].iloc[3]  # LoRA r4 = TSM 1-stage
     assert not any("TSM Table 12" in c for c in table.columns)  # the paper post-pretrains PixArt-alpha only
     assert (res / "tables/post_pretraining.md").is_file() and (res / "tables/post_pretraining.tex").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("smoke")
+@pytest.mark.parametrize("family,dtype", [("pixart_alpha", "float16"), ("sd3", "float32")])
+def test_tiny_pixart_in_half_precision_and_sd3_with_t5_run_the_real_dag_to_tsm_fid(snakemake_bin, root, tmp_path,
+                                                                                    family, dtype):
+    """The two transformer families through the same rules, to TSM 2-stage's FID: PixArt-alpha in the specs'
+    float16 (LoRA on its T5), SD3 with its T5 encoder (LoRA on both CLIPs, per-encoder targets, none on T5)."""
+    build_pipeline(family, tmp_path / "tokenizer_src").save_pretrained(tmp_path / "pipeline")
+    write_fixture_data(tmp_path)
+    spec = tiny_spec(root, tmp_path, family, dtype)
+    work = tmp_path / "work"
+    res = work / f"results/real/{family}"
+    r = run_smoke(snakemake_bin, root, work, f"results/real/{family}/runs/tsm2/fid.json", "--cores", "1",
+                  configfile=spec, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    fid = json.loads((res / "runs/tsm2/fid.json").read_text())
+    assert fid["n_samples"] == 4 and np.isfinite(fid["fid"]) and fid["fid"] > 0
+    arch = ARCH[family]
+    latents = load_file(str(res / "data/train_latents.safetensors"))
+    assert latents["mean"].dtype == getattr(torch, dtype)  # the cache keeps the VAE's precision
+    weights = load_file(str(res / f"experts/{arch}-post-n2-r2-s2/expert0/pytorch_lora_weights.safetensors"))
+    assert all(v.dtype == torch.float32 for v in weights.values())  # adapters train in fp32 over a half model
+    parts = {k.split(".", 1)[0] for k in weights}
+    assert parts == ({"transformer", "text_encoder"} if family == "pixart_alpha"
+                     else {"transformer", "text_encoder", "text_encoder_2"})  # SD3: T5 (text_encoder_3) untouched
+    assert any(k.startswith("transformer.") and "lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
 
 
 def assert_stock_pipeline_reproduces(pipeline, expert):

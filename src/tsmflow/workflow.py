@@ -1,8 +1,9 @@
 """Glue for `script:` entry points: send output to the rule's log, bound threads, launch training via accelerate.
 
-With config `accelerate_launch: true`, a training rule's script re-runs itself under `accelerate launch` with
-one process per GPU the rule was given (its `gpu` resource; the slurm profile's `set-resources` sets it per
-rule), so the one training loop runs data-parallel. On a CPU (gpu 0 or 1) that is one process with `--cpu`.
+With config `accelerate_launch: true` (the Snakefile exports it as $TSMFLOW_ACCELERATE_LAUNCH), a training
+rule's script re-runs itself under `accelerate launch` with one process per GPU the rule was given (its `gpu`
+resource; the slurm profile's `set-resources` sets it per rule), so the one training loop runs data-parallel.
+On a CPU (gpu 0 or 1) that is one process with `--cpu`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import sys
 TRAINING_RULES = {"pretrain_base", "train_expert", "assemble_router", "train_moe_lora", "train_full", "train_dmp",
                   "deme_finetune_range", "real_train_expert", "real_assemble_router"}
 CHILD = "TSMFLOW_ACCELERATE_CHILD"
+# config `accelerate_launch`, passed by the Snakefile through the environment: how a job runs, not what it
+# computes, so it stays out of rule params (toggling it reruns nothing) and scripts never read the config
+LAUNCH = "TSMFLOW_ACCELERATE_LAUNCH"
 
 
 def setup(snakemake) -> None:
@@ -31,7 +35,7 @@ def setup(snakemake) -> None:
         sys.modules["torch"].set_num_threads(threads)
     else:  # a job that never imports torch does not pay its import (seconds); one that does later reads this
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    if snakemake.rule in TRAINING_RULES and snakemake.config.get("accelerate_launch") and not os.environ.get(CHILD):
+    if snakemake.rule in TRAINING_RULES and os.environ.get(LAUNCH) == "1" and not os.environ.get(CHILD):
         import torch
         n = max(1, int(getattr(snakemake.resources, "gpu", 0) or 0))
         sys.exit(relaunch(sys.argv[0], n, use_cpu=not torch.cuda.is_available()))

@@ -91,6 +91,10 @@ def denoiser_mask(arch: str, cond: Cond) -> torch.Tensor | None:
 def predict(arch: str, denoiser: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
     """One denoiser call with each architecture's own signature; returns the prediction."""
     t = t.expand(x.shape[0]) if t.ndim == 0 else t
+    # a half-precision model gets half-precision inputs (the forward process and samplers work in fp32)
+    dtype = getattr(denoiser, "dtype", x.dtype)
+    x = x.to(dtype)
+    cond = {k: (v.to(dtype) if v is not None and v.is_floating_point() else v) for k, v in cond.items()}
     if arch == "unet":
         out = denoiser(x, t, encoder_hidden_states=cond["hidden"]).sample
     elif arch == "dit":
