@@ -22,6 +22,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
 sys.path.insert(0, _pythonpath[0])  # the Snakefile itself parses expert-set names with the library
 
 from tsmflow.expert_sets import ExpertSet, run_expert_sets  # noqa: E402
+from tsmflow.methods import method_of  # noqa: E402
 from tsmflow.students import ROUTED, student_sampling  # noqa: E402
 
 RESULTS = "results"
@@ -54,13 +55,12 @@ for _run, _spec in RUNS.items():
     for _name in run_expert_sets(_spec):
         if check_expert_set(_name, f"runs.{_run}").backbone != _spec["backbone"]:
             raise ValueError(f"config key runs.{_run}: expert set {_name!r} is not on backbone {_spec['backbone']!r}")
+DECLARED = {"finetunes": FINETUNES, "deme_sets": DEME_SETS, "students": STUDENTS}  # what a run's `ref` names
 for _run, _spec in RUNS.items():
-    _ref = {"finetune": ("finetune", FINETUNES, "finetunes"), "deme_ensemble": ("deme", DEME_SETS, "deme_sets"),
-            "deme_merged": ("deme", DEME_SETS, "deme_sets"), "distill": ("student", STUDENTS, "students")}.get(
-        _spec["method"])
-    if _ref and _spec.get(_ref[0]) not in _ref[1]:
-        raise ValueError(f"config key runs.{_run}.{_ref[0]}: {_spec.get(_ref[0])!r} is not declared under {_ref[2]}")
-    if _ref and _ref[1][_spec[_ref[0]]]["backbone"] != _spec["backbone"]:
+    _ref = method_of(_spec, f"runs.{_run}").ref
+    if _ref and _spec.get(_ref[0]) not in DECLARED[_ref[1]]:
+        raise ValueError(f"config key runs.{_run}.{_ref[0]}: {_spec.get(_ref[0])!r} is not declared under {_ref[1]}")
+    if _ref and DECLARED[_ref[1]][_spec[_ref[0]]]["backbone"] != _spec["backbone"]:
         raise ValueError(f"config key runs.{_run}: {_spec[_ref[0]]!r} is not on backbone {_spec['backbone']!r}")
     if _spec.get("step") and _spec["step"] not in FINETUNES.get(_spec.get("finetune"), {}).get("snapshots", []):
         raise ValueError(f"config key runs.{_run}.step: {_spec['step']} is not one of the snapshots of "
@@ -280,12 +280,11 @@ def get_run_model_inputs(wildcards):
         inputs["student"] = get_student_dir(spec["student"])  # experts and router over the base denoiser
     elif spec["method"] == "distill":
         inputs["model"] = get_student_dir(spec["student"])
-    if spec["method"] in ("lora", "tsm1", "tsm2"):
+    method = method_of(spec)
+    if method.experts:
         inputs["experts"] = [d for s in run_expert_sets(spec) for d in get_expert_dirs(s)]
-    if spec["method"] == "tsm2":
-        inputs["router"] = get_run_path(wildcards.run, "router")
-    elif spec["method"] == "moe_lora":
-        inputs["router"] = get_run_path(wildcards.run, "moe")
+    if method.router:
+        inputs["router"] = get_run_path(wildcards.run, method.router)
     return inputs
 
 

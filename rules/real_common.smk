@@ -96,7 +96,8 @@ def get_run_model_inputs(wildcards):
 
 def get_run_trained_dirs(run):
     """Every directory a run trained (each with a stats.json): its trainable parameters."""
-    return _run_experts(run) + ([get_run_path(run, "router")] if RUNS[run]["method"] == "tsm2" else [])
+    router = backbone_spec.run_inputs(config, run).get("router")
+    return _run_experts(run) + ([router] if router else [])
 
 
 def get_log(rule, *wildcards):

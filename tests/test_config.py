@@ -199,3 +199,13 @@ def test_memory_and_runtime_live_in_the_slurm_profile_and_it_names_only_real_rul
     gpu_rules = {"train_expert", "distill_student", "evaluate_run", "real_train_expert", "real_sample_fid"}
     assert all("mem_mb" in profile["set-resources"][r] and "runtime" in profile["set-resources"][r]
                for r in gpu_rules)
+
+
+def test_the_method_registry_is_the_schema_s_list_of_run_methods(root):
+    from tsmflow.methods import METHODS, method_of
+    schema = yaml.safe_load((root / "config/schema.yaml").read_text())
+    enum = schema["properties"]["runs"]["additionalProperties"]["properties"]["method"]["enum"]
+    assert sorted(enum) == sorted(METHODS)
+    assert [m for m, d in METHODS.items() if d.router] == ["tsm2", "moe_lora"]
+    with pytest.raises(ConfigError, match="runs.x.method: 'tsm3'"):
+        method_of({"method": "tsm3"}, "runs.x")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .config import ConfigError
 from .expert_sets import ExpertSet, run_expert_sets
+from .methods import method_of
 
 # family -> (diffusers pipeline class, denoiser arch, denoiser attribute on the pipeline)
 FAMILIES = {
@@ -99,8 +100,9 @@ def run_inputs(spec: dict, run: str) -> dict:
     """What a run loads besides the pipeline, named as `runs.attach_run_adapters` reads them: experts, router."""
     r = runs(spec)[run]
     inputs = {"experts": [expert_dir(spec, s, i) for s in run_expert_sets(r) for i in range(expert_sets(spec)[s].n)]}
-    if r["method"] == "tsm2":
-        inputs["router"] = run_path(spec, run, "router")
+    router = method_of(r).router
+    if router:
+        inputs["router"] = run_path(spec, run, router)
     return inputs
 
 

@@ -1,18 +1,9 @@
 """What a run is made of: load the model a run samples from, given its method and its inputs.
 
-Methods (config ``runs.<name>.method``):
-- ``base``: the pre-trained denoiser;
-- ``lora``: one expert set with n=1 (vanilla LoRA);
-- ``tsm1``: TSM 1-stage, expert set ``experts``; the active expert is merged per interval (fast path)
-  unless ``fast_path: false``;
-- ``tsm2``: TSM 2-stage, ``core`` (null for the symmetric mixture) + ``context`` expert sets and a router;
-- ``moe_lora``: experts and a feature router trained jointly (the MoE-LoRA baseline);
-- ``finetune``: a further-training job of ``finetunes:`` (full fine-tuning, prompt tuning or DMP), at its
-  end or at snapshot ``step``;
-- ``deme_ensemble``: DeMe before merging, the range models of ``deme`` used by timestep;
-- ``deme_merged``: DeMe after merging, the model its merge search found (the rule's ``model`` input);
-- ``distill``: a distilled student: its merged denoiser (the rule's ``model`` input), or for TSM's routed students
-  (the rule's ``student`` input) the base denoiser with the student's experts and router.
+The methods (config ``runs.<name>.method``) are declared in `methods.METHODS`. Here: a merged model comes in
+as the rule's ``model`` input (deme_merged, a merged distilled student, full fine-tuning); experts and routers
+attach to the base denoiser; DMP's prompts and DeMe's range ensemble wrap it; TSM's routed students (the rule's
+``student`` input) bring their own experts and router.
 """
 from __future__ import annotations
 
@@ -27,6 +18,7 @@ from .adapters.lora import DENOISER_PREFIX, load_lora, lora_parts, read_lora_spe
 from .adapters.router import ExpertMixture, MergedIntervalExperts, Scale
 from .data.io import read_json
 from .merging.deme import RangeEnsemble, load_range_states
+from .methods import method_of
 from .models.backbone import Backbone, load_mini_backbone
 
 ROUTER_WEIGHTS = "router.safetensors"
@@ -113,12 +105,12 @@ def attach_run_adapters(bb: Backbone, spec: dict, inputs) -> Backbone:
         states = load_range_states(inputs.ranges)
         bb.routers.append(RangeEnsemble(bb.denoiser, states, bb.num_train_timesteps))
         return bb
-    if method in ("lora", "tsm1", "tsm2"):
+    if method_of(spec).experts:
         dirs = list(inputs.experts)
         scales = load_expert_sets(bb, dirs)
         models = lora_models(bb, dirs[0])
         te_routed = any(k.startswith("text_encoder") for k in models)
-        if method == "tsm2":
+        if method_of(spec).router:  # tsm2: core and context scales under the router
             mixture = build_mixture(bb, spec, scales, models)
             load_router(mixture, inputs.router)
             return attach(bb, mixture.eval(), te_routed)

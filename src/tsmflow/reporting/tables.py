@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..data.grammar import CATEGORIES
 from ..data.io import atomic_path, read_json
+from ..methods import method_of
 
 PAPER_DIR = Path(__file__).resolve().parents[3] / "resources" / "paper_numbers"
 # our metric key -> the column names the papers print for it
@@ -147,14 +148,14 @@ def trainable_summary(spec: dict, stats: list[dict]) -> dict:
     2-stage one, as tsm1 and tsm2 count), not the fake score's, which sampling never uses.
     `stats` are the stats.json of the run's expert dirs and router dir.
     """
-    method = spec["method"]
-    if method == "base" or not stats:
+    counts = method_of(spec).counts
+    if counts == "none" or not stats:
         return {}
-    if method == "distill":
+    if counts == "student":
         n = stats[0]["student_trainable_params"]
         return {"trainable_params": int(n), "trainable_params_m": n / 1e6,
                 "trainable_pct": 100.0 * n / stats[0]["model_params"]}
-    if method == "tsm2":
+    if counts == "routers":
         n = sum(s["trainable_params"] for s in stats if "router_params" in s)
     else:
         n = sum(s["trainable_params"] for s in stats)
