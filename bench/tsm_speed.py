@@ -8,8 +8,15 @@ Each measurement runs in its own process, so peak memory (max RSS on CPU, max al
 CUDA) is its own. Uses the miniature's trained base denoiser when a default run has built
 it, else a freshly initialised one of the same config.
 
+With `--real sd15`: a real-size SD1.5 (UNet and CLIP ViT-L text encoder of the published configs, random
+weights, 64x64 latents) in `--dtype` (bfloat16 on a GPU: the real DAG's half-precision pipeline, LoRA in fp32),
+with config/backbones/sd15.yaml's LoRA targets and Sup. A's ranks (expert r=4, vanilla LoRA r=32, n=8 + 1).
+This is the one-DAG issue's GPU check (batch 8):
+
+    .venv/bin/python bench/tsm_speed.py --real sd15 --device cuda --dtype bfloat16 --batch 8 --cases train
+
     .venv/bin/python bench/tsm_speed.py [--arch unet] [--threads 2] [--device cpu]
-Writes bench/results/tsm_speed_<arch>_<device>.json.
+Writes bench/results/tsm_speed_<arch>_<device>.json (`--real`: tsm_speed_<family>_<device>.json).
 """
 from __future__ import annotations
 
@@ -29,7 +36,44 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
+def _real_sd15(device: str, dtype: str):
+    """SD1.5's denoiser, text encoder and VAE at their published sizes, random weights, no tokenizer files: prompts
+    become fixed token ids (the step's cost does not depend on which tokens they are)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tsmflow.models.backbone import Backbone
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=512)
+    for m in (unet, text, vae):
+        m.to(device=device, dtype=dt).requires_grad_(False)
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+    def encode(prompts):
+        ids = torch.stack([torch.arange(77) % 49000 + (hash(p) % 400) for p in prompts]).to(device)
+        return {"hidden": text(input_ids=ids).last_hidden_state, "mask": None, "pooled": None}
+
+    bb = Backbone(arch="unet", denoiser=unet, vae=vae, noise_scheduler=sched, encode_fn=encode, text_encoders=[text],
+                  family="sd15")
+    spec = yaml.safe_load((ROOT / "config/backbones/sd15.yaml").read_text())["lora"]
+    lora = {"alpha_over_rank": spec["alpha"] / spec["rank"], "denoiser_targets": spec["denoiser_target_modules"],
+            "text_encoder_targets": spec["text_encoder_target_modules"]}
+    return bb, {"lora": lora}
+
+
 def _backbone(arch: str, device: str):
+    if arch.startswith("real:"):
+        family, dtype = arch[5:].split(":")
+        if family != "sd15":
+            raise SystemExit(f"--real {family}: only sd15 is built here")
+        return _real_sd15(device, dtype)
     from tsmflow.models.backbone import load_mini_backbone
     from tsmflow.models.mini import build_denoiser, build_scheduler
     res = ROOT / "results/models"
@@ -155,17 +199,21 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--real", choices=["sd15"], help="a real-size random backbone instead of the miniature's")
+    ap.add_argument("--dtype", default="float32", help="the real backbone's weights (bfloat16 on a GPU)")
+    ap.add_argument("--cases", choices=["all", "train"], default="all", help="train: the three training steps only")
     a = ap.parse_args()
+    arch = f"real:{a.real}:{a.dtype}" if a.real else a.arch
     # the cases alternate, `repeats` rounds, and each keeps its median round: a shared machine's
     # slow spells then hit every case alike instead of whichever ran during them
     rounds: dict[str, list[dict]] = {}
     for _ in range(a.repeats):
         for case in ["lora_step", "expert_step", "router_step"]:
             rounds.setdefault(case, []).append(
-                measure(_train_steps, case, (a.arch, a.device, a.steps, a.batch), a.threads))
-        for case in ["base_sampling", "tsm1_fast_sampling", "tsm2_sampling"]:
+                measure(_train_steps, case, (arch, a.device, a.steps, a.batch), a.threads))
+        for case in ["base_sampling", "tsm1_fast_sampling", "tsm2_sampling"] if a.cases == "all" else []:
             rounds.setdefault(case, []).append(
-                measure(_sample, case, (a.arch, a.device, a.images, a.sample_steps), a.threads))
+                measure(_sample, case, (arch, a.device, a.images, a.sample_steps), a.threads))
     r = {}
     for case, rs in rounds.items():
         key = "s_per_step" if "s_per_step" in rs[0] else "s_per_image"
@@ -173,17 +221,21 @@ def main() -> None:
     ratios = {
         "expert_step / lora_step (target <= 1.05)": r["expert_step"]["s_per_step"] / r["lora_step"]["s_per_step"],
         "router_step / lora_step": r["router_step"]["s_per_step"] / r["lora_step"]["s_per_step"],
-        "tsm1_fast / base sampling (target <= 1.05)": r["tsm1_fast_sampling"]["s_per_image"] / r["base_sampling"]["s_per_image"],
-        "tsm2 / base sampling (target <= 1.3)": r["tsm2_sampling"]["s_per_image"] / r["base_sampling"]["s_per_image"],
         "peak memory expert / lora step": r["expert_step"]["peak_mb"] / r["lora_step"]["peak_mb"],
-        "peak memory tsm2 / base sampling": r["tsm2_sampling"]["peak_mb"] / r["base_sampling"]["peak_mb"],
     }
-    rec = {"arch": a.arch, "device": a.device, "threads": a.threads, "batch": a.batch, "images": a.images,
+    if a.cases == "all":
+        ratios.update({
+            "tsm1_fast / base sampling (target <= 1.05)":
+                r["tsm1_fast_sampling"]["s_per_image"] / r["base_sampling"]["s_per_image"],
+            "tsm2 / base sampling (target <= 1.3)": r["tsm2_sampling"]["s_per_image"] / r["base_sampling"]["s_per_image"],
+            "peak memory tsm2 / base sampling": r["tsm2_sampling"]["peak_mb"] / r["base_sampling"]["peak_mb"],
+        })
+    rec = {"arch": arch, "device": a.device, "threads": a.threads, "batch": a.batch, "images": a.images,
            "repeats": a.repeats,
            "sample_steps": a.sample_steps, "machine": platform.processor() or platform.machine(),
            "torch": torch.__version__, "cuda_device": torch.cuda.get_device_name() if a.device == "cuda" else None,
            "measurements": r, "ratios": ratios}
-    out = ROOT / f"bench/results/tsm_speed_{a.arch}_{a.device}.json"
+    out = ROOT / f"bench/results/tsm_speed_{a.real or a.arch}_{a.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=2))
     print(json.dumps(rec, indent=2))
