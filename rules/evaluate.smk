@@ -113,11 +113,14 @@ use rule evaluate_run as evaluate_run_fid with:
         metrics=get_run_path("{run}", "metrics.json"),
     wildcard_constraints:
         run=runs_regex([r for r in RUNS if "compbench" not in run_evaluations(r)]),
+    # `use rule` merges params: the CompBench-only ones are set to None, so their keys do not rerun FID-only runs
     params:
         run=lambda wc: RUNS[wc.run],
         sampling=lambda wc: get_run_sampling(wc.run),
+        images_per_prompt=None,
         seed=config["evaluation"]["seed"],
         fid=get_fid_params(),
+        resolution=None,
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
         get_log("evaluate_run_fid", "{run}"),

@@ -159,8 +159,7 @@ def tiny_spec(root, tmp, family: str = "sd15", dtype: str = "float32"):
     return tmp / "spec.yaml"
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("smoke")
+@pytest.mark.slow  # not in the smoke group: it needs no smoke output, so the other worker takes it
 def test_tiny_sd15_runs_the_real_dag(snakemake_bin, root, tmp_path):
     build_pipeline("sd15", tmp_path / "tokenizer_src").save_pretrained(tmp_path / "pipeline")
     write_fixture_data(tmp_path)
@@ -215,8 +214,7 @@ def test_tiny_sd15_runs_the_real_dag(snakemake_bin, root, tmp_path):
     assert (res / "tables/post_pretraining.md").is_file() and (res / "tables/post_pretraining.tex").is_file()
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("smoke")
+@pytest.mark.slow  # not in the smoke group: it needs no smoke output, so the other worker takes it
 @pytest.mark.parametrize("family,dtype", [("pixart_alpha", "float16"), ("sd3", "float32")])
 def test_tiny_pixart_in_half_precision_and_sd3_with_t5_run_the_real_dag_to_tsm_fid(snakemake_bin, root, tmp_path,
                                                                                     family, dtype):

@@ -6,6 +6,7 @@ import re
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -130,6 +131,13 @@ def test_dmp_stages(smoke):
         assert (res / f).is_file(), f
     assert not (res / "plots/dmp_table3_categories.png").exists()  # an FID-only table has no category plot
     assert "6.32" in (res / "tables/dmp_table3.md").read_text()  # the paper's +10K fine-tuning cell
+    # DMP Table 1: the patch counted from the trained job, against the denoiser it patches
+    stats = json.loads((dmp / "stats.json").read_text())
+    assert stats["added_params"] == m["dmp_dit"]["trainable_params"] > 0 and stats["denoiser_params"] > 0
+    row = pd.read_csv(res / "tables/dmp_table1.csv", dtype=str).iloc[0]
+    assert float(row["With DMP (M)"]) == pytest.approx((stats["denoiser_params"] + stats["added_params"]) / 1e6,
+                                                       abs=1e-4)
+    assert row["#Parameters (M), with DMP [DMP Table 1]"] == "132.5"
 
 
 def test_distilled_students_sample_with_their_own_steps_and_report_weight_change(smoke):

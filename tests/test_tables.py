@@ -103,3 +103,21 @@ def test_run_metrics_of_a_compbench_run_and_an_fid_only_run():
                     {**fid, "patch": {"fid": 2.5, "fid_se": 0.1, "n_samples": 64}}, None, [])
     assert m["patch_fid"] == 2.5 and m["patch_fid_se"] == 0.1 and m["fid"] == 1.5 and "nfe" not in m
     assert run_metrics("base_x", {"method": "base", "backbone": "unet"}, fid, None, [], {"steps": 4})["nfe"] == 4
+
+
+def test_dmp_table1_counts_the_patch_against_the_denoiser_and_cites_both_paper_rows():
+    from tsmflow.reporting.tables import trainable_summary
+    stats = [{"trainable_params": 2_500, "model_params": 150_000, "denoiser_params": 100_000, "added_params": 2_500}]
+    m = trainable_summary({"method": "finetune"}, stats)
+    assert m["denoiser_params_m"] == 0.1 and m["patched_params_m"] == 0.1025 and m["param_increase_pct"] == 2.5
+    assert "denoiser_params_m" not in trainable_summary({"method": "finetune"}, [{"trainable_params": 9,
+                                                                                   "model_params": 10}])
+    decl = {"title": "t", "paper_table": "dmp_table1",
+            "columns": ["denoiser_params_m", "patched_params_m", "param_increase_pct"],
+            "rows": [{"run": "d", "label": "dit", "paper_block": "DiT-B/2", "paper_row": "+ DMP",
+                      "paper_rows": {"denoiser_params_m": "DiT-B/2"}}]}
+    row = build_table(decl, {"d": m}).iloc[0]
+    assert row["Denoiser params (M)"] == "0.1000" and row["With DMP (M)"] == "0.1025" and row["Increase (%)"] == "2.50"
+    # the paper's two rows, each in its own labelled reference column
+    assert row["#Parameters (M), without DMP [DMP Table 1]"] == "130"
+    assert row["#Parameters (M), with DMP [DMP Table 1]"] == "132.5"

@@ -24,14 +24,20 @@ PAPER_METRIC = {
     "fid": ("FID",), "patch_fid": ("Patch-FID",), "trainable_pct": ("Trainable (%)",), "nfe": ("NFEs",),
     "norm_change": ("NM",), "direction_change": ("DM",), "precision": ("Precision",), "recall": ("Recall",),
     "trainable_params_m": ("#Params (M)", "Trainable params (M)", "N_params (M)"),
+    "denoiser_params_m": ("#Parameters (M)",), "patched_params_m": ("#Parameters (M)",),
 }
+# reference-column headers where two of our columns read the same paper metric from different paper rows
+PAPER_COLUMN = {"denoiser_params_m": "#Parameters (M), without DMP", "patched_params_m": "#Parameters (M), with DMP"}
 METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spatial": "Spatial",
                 "non_spatial": "Non-Spatial", "complex": "Complex", "fid": "FID",
                 "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)", "nfe": "NFEs",
                 "norm_change": "Norm change NM (%)", "direction_change": "Direction change DM (%)",
                 "trainable_params_m": "Trainable params (M)", "precision": "Precision", "recall": "Recall",
-                "train_wall_s": "Training wall (s)", "patch_fid": "Patch-FID (shapes features)"}
-DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0}
+                "train_wall_s": "Training wall (s)", "patch_fid": "Patch-FID (shapes features)",
+                "denoiser_params_m": "Denoiser params (M)", "patched_params_m": "With DMP (M)",
+                "param_increase_pct": "Increase (%)"}
+DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0,
+          "denoiser_params_m": 4, "patched_params_m": 4, "param_increase_pct": 2}
 PAPER_NAME = {"tsm": "TSM", "deme": "DeMe", "dmp": "DMP", "wadi": "WaDi"}
 
 
@@ -103,10 +109,13 @@ def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DI
             cited = paper is not None and (row.get("paper_row") or row.get("paper_setting"))
             rec[f"{tag} row"] = " ".join(filter(None, [row.get("paper_row"), row.get("paper_setting")])) or "—"
             for m in decl["columns"]:
-                v = paper_value(paper, row.get("paper_row", ""), m, row.get("paper_block", ""),
-                                row.get("paper_setting", "")) if cited else None
+                # a column may cite another paper row (DMP Table 1: the model without the patch)
+                prow = row.get("paper_rows", {}).get(m, row.get("paper_row", ""))
+                v = (paper_value(paper, prow, m, row.get("paper_block", ""), row.get("paper_setting", ""))
+                     if cited else None)
                 # the paper's own metric name: its FID is Inception FID, not ours
-                rec[f"{PAPER_METRIC.get(m, (m,))[0]} [{tag}]"] = v if v is not None else "—"
+                header = PAPER_COLUMN.get(m, PAPER_METRIC.get(m, (m,))[0])
+                rec[f"{header} [{tag}]"] = v if v is not None else "—"
         out.append(rec)
     df = pd.DataFrame(out)
     empty = [c for c in df.columns if c.endswith(f"[{tag}]") and (df[c] == "—").all()]
@@ -160,4 +169,8 @@ def trainable_summary(spec: dict, stats: list[dict]) -> dict:
     else:
         n = sum(s["trainable_params"] for s in stats)
     total = stats[0]["model_params"]
-    return {"trainable_params": int(n), "trainable_pct": 100.0 * n / total}
+    out = {"trainable_params": int(n), "trainable_pct": 100.0 * n / total}
+    if "added_params" in stats[0]:  # a patch that adds parameters to the denoiser (DMP Table 1)
+        d, a = stats[0]["denoiser_params"], stats[0]["added_params"]
+        out.update(denoiser_params_m=d / 1e6, patched_params_m=(d + a) / 1e6, param_increase_pct=100.0 * a / d)
+    return out

@@ -111,9 +111,12 @@ def train_dmp(backbone: Backbone, cfg: dict, latents_path, labels_path, out_dir,
     tensors, extra = load_task_data(latents_path, labels_path)
     objective = BalancedObjective(DiffusionObjective(backbone, caption_dropout=caption_dropout), dmp,
                                   cfg.get("importance_weight", 0.0), cfg.get("load_weight", 0.0))
+    # DMP Table 1: the patch's parameters against the denoiser's own (the paper counts the denoiser only)
+    sizes = {"denoiser_params": sum(p.numel() for p in backbone.denoiser.parameters()),
+             "added_params": sum(p.numel() for p in dmp.parameters())}
     return _run(objective, list(dmp.parameters()), tensors, extra, tcfg, out_dir, f"dmp ({dcfg.gate} gate)",
                 lambda d: save_dmp(d, dmp), cfg.get("snapshots", ()),
-                {"method": "dmp", "model_params": model_params(backbone)})
+                {"method": "dmp", "model_params": model_params(backbone), **sizes})
 
 
 def merged_lora_denoiser(backbone: Backbone, base: nn.Module, name: str) -> nn.Module:
