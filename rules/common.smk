@@ -379,7 +379,19 @@ def get_claims_metrics(wildcards):
 
 
 def get_table_metrics(wildcards):
-    return {run: get_run_path(run, "metrics.json") for run in get_table_runs(wildcards.table)}
+    """Each run's metrics.json, or the per-run file the table names (`metrics: latent_structure`, DMP Table 5)."""
+    name = TABLES[wildcards.table].get("metrics", "metrics")
+    return {run: get_run_path(run, f"{name}.json") for run in get_table_runs(wildcards.table)}
+
+
+def get_latent_structure_inputs(wildcards):
+    """A run's model, the reference captions, and for a DMP run its gate's activation data (DMP Fig. 7)."""
+    spec = RUNS[wildcards.run]
+    inputs = {**get_run_model_inputs(wildcards), "reference": get_split_dir("reference")}
+    ft = FINETUNES.get(spec.get("finetune"), {})
+    if spec["method"] == "finetune" and ft.get("method") == "dmp" and ft.get("dmp", {}).get("gate", "soft") != "none":
+        inputs["activation"] = f"{RESULTS}/finetune/{spec['finetune']}_activation.npz"
+    return inputs
 
 
 def get_log(rule, *wildcards):

@@ -101,3 +101,27 @@ rule plot_fid_vs_steps:
         "../envs/workflow.yaml"
     script:
         "../scripts/plot_fid_vs_steps.py"
+
+
+# DMP Table 5: one job per run of a `metrics: latent_structure` table (its final latents, sampled once)
+rule latent_structure:
+    input:
+        unpack(get_latent_structure_inputs),
+    output:
+        stats=get_run_path("{run}", "latent_structure.json"),
+    params:
+        run=lambda wc: RUNS[wc.run],
+        sampling=lambda wc: get_run_sampling(wc.run),
+        n_latents=min(1000, config["evaluation"]["fid"]["n_samples"]),  # the paper's 1000, or the FID count
+        seed=config["evaluation"]["seed"],
+    log:
+        get_log("latent_structure", "{run}"),
+    benchmark:
+        get_benchmark("latent_structure", "{run}")
+    threads: get_threads("latent_structure")
+    resources:
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/latent_structure.py"

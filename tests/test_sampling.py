@@ -138,3 +138,15 @@ def test_every_solver_lands_on_the_data_point_an_oracle_denoises_to(mini_backbon
 def test_unknown_solver_is_named(mini_backbone):
     with pytest.raises(ValueError, match="euler_a"):
         generate(mini_backbone("unet"), ["a red circle"], [0], steps=2, progress=False, solver="euler_a")
+
+
+@pytest.mark.parametrize("solver", ["first_order", "renoise"])
+def test_latents_are_what_the_images_decode_from(mini_backbone, solver):
+    from tsmflow.sampling.sample import decode
+    bb = mini_backbone()
+    kw = {"solver": solver, "steps": 3, "progress": False, **({"timesteps": [999, 499]} if solver == "renoise" else {})}
+    images = generate(bb, ["a red circle", "a blue square"], [0, 1], **kw)
+    latents = generate(bb, ["a red circle", "a blue square"], [0, 1], latents=True, **kw)
+    assert latents.dtype == np.float32 and latents.shape == (2, *bb.latent_shape)
+    with torch.no_grad():
+        assert np.abs(decode(bb, torch.from_numpy(latents)).astype(int) - images.astype(int)).max() <= 1

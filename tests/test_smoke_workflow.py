@@ -138,6 +138,12 @@ def test_dmp_stages(smoke):
     assert float(row["With DMP (M)"]) == pytest.approx((stats["denoiser_params"] + stats["added_params"]) / 1e6,
                                                        abs=1e-4)
     assert row["#Parameters (M), with DMP [DMP Table 1]"] == "132.5"
+    # DMP Table 5: both models' final latents, as many as FID samples (16 < the paper's 1000)
+    s5 = {r: json.loads((res / f"runs/{r}/latent_structure.json").read_text()) for r in ("base_dit", "dmp_dit")}
+    assert all(s["n_latents"] == 16 and -1 <= s["correlation_min"] < s["correlation_mean"] < 1 for s in s5.values())
+    assert "temporal_bias_std" in s5["dmp_dit"] and "temporal_bias_std" not in s5["base_dit"]
+    t5 = pd.read_csv(res / "tables/dmp_table5.csv", dtype=str)
+    assert t5["Correlation mean [DMP Table 5]"].tolist() == ["0.1715", "0.1410"]
 
 
 def test_distilled_students_sample_with_their_own_steps_and_report_weight_change(smoke):

@@ -25,9 +25,15 @@ PAPER_METRIC = {
     "norm_change": ("NM",), "direction_change": ("DM",), "precision": ("Precision",), "recall": ("Recall",),
     "trainable_params_m": ("#Params (M)", "Trainable params (M)", "N_params (M)"),
     "denoiser_params_m": ("#Parameters (M)",), "patched_params_m": ("#Parameters (M)",),
+    **{f"{k}_{s}": (s.capitalize(),) for k in ("correlation", "similarity") for s in ("max", "min", "mean", "std")},
 }
+# the paper setting a metric's cell sits under, where a row names none (DMP Table 5: one row, two statistics)
+METRIC_SETTING = {f"{k}_{s}": f"Metric={k.capitalize()}" for k in ("correlation", "similarity")
+                  for s in ("max", "min", "mean", "std")}
 # reference-column headers where two of our columns read the same paper metric from different paper rows
-PAPER_COLUMN = {"denoiser_params_m": "#Parameters (M), without DMP", "patched_params_m": "#Parameters (M), with DMP"}
+PAPER_COLUMN = {"denoiser_params_m": "#Parameters (M), without DMP", "patched_params_m": "#Parameters (M), with DMP",
+                **{f"{k}_{s}": f"{k.capitalize()} {s}" for k in ("correlation", "similarity")
+                   for s in ("max", "min", "mean", "std")}}
 METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spatial": "Spatial",
                 "non_spatial": "Non-Spatial", "complex": "Complex", "fid": "FID",
                 "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)", "nfe": "NFEs",
@@ -35,9 +41,15 @@ METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spati
                 "trainable_params_m": "Trainable params (M)", "precision": "Precision", "recall": "Recall",
                 "train_wall_s": "Training wall (s)", "patch_fid": "Patch-FID (shapes features)",
                 "denoiser_params_m": "Denoiser params (M)", "patched_params_m": "With DMP (M)",
-                "param_increase_pct": "Increase (%)"}
+                "param_increase_pct": "Increase (%)", "n_latents": "Latents",
+                "temporal_bias_std": "Temporal bias (std over positions)",
+                "spatial_bias_std": "Spatial bias (std over timesteps)",
+                **{f"{k}_{s}": f"{k.capitalize()} {s}" for k in ("correlation", "similarity")
+                   for s in ("max", "min", "mean", "std")}}
 DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0,
-          "denoiser_params_m": 4, "patched_params_m": 4, "param_increase_pct": 2}
+          "denoiser_params_m": 4, "patched_params_m": 4, "param_increase_pct": 2, "n_latents": 0,
+          "temporal_bias_std": 6, "spatial_bias_std": 6,
+          **{f"{k}_{s}": 4 for k in ("correlation", "similarity") for s in ("max", "min", "mean", "std")}}
 PAPER_NAME = {"tsm": "TSM", "deme": "DeMe", "dmp": "DMP", "wadi": "WaDi"}
 
 
@@ -111,8 +123,8 @@ def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DI
             for m in decl["columns"]:
                 # a column may cite another paper row (DMP Table 1: the model without the patch)
                 prow = row.get("paper_rows", {}).get(m, row.get("paper_row", ""))
-                v = (paper_value(paper, prow, m, row.get("paper_block", ""), row.get("paper_setting", ""))
-                     if cited else None)
+                pset = row.get("paper_setting") or METRIC_SETTING.get(m, "")
+                v = paper_value(paper, prow, m, row.get("paper_block", ""), pset) if cited else None
                 # the paper's own metric name: its FID is Inception FID, not ours
                 header = PAPER_COLUMN.get(m, PAPER_METRIC.get(m, (m,))[0])
                 rec[f"{header} [{tag}]"] = v if v is not None else "—"

@@ -60,8 +60,9 @@ def decode(backbone: Backbone, latents: torch.Tensor) -> np.ndarray:
 def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: int = 25,
              guidance_scale: float = 5.0, batch_size: int = 64,
              model_fn: Callable | None = None, progress: bool = True, desc: str = "sampling",
-             solver: str = "first_order", timesteps: list[int] | None = None) -> np.ndarray:
-    """Generate one image per (prompt, seed); returns uint8 (N, H, W, 3).
+             solver: str = "first_order", timesteps: list[int] | None = None, latents: bool = False) -> np.ndarray:
+    """Generate one image per (prompt, seed); returns uint8 (N, H, W, 3), or with `latents` the final latents
+    before decoding, float32 (N, C, h, w) (DMP Table 5's structural statistics are computed on them).
 
     `timesteps` (on the model's own T) are the renoise solver's, which ignores `steps` and `guidance_scale`."""
     if len(prompts) != len(seeds):
@@ -69,7 +70,7 @@ def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: in
     if solver == "renoise":
         if not timesteps:
             raise ValueError("the renoise solver needs the student's timesteps")
-        return _generate_renoise(backbone, prompts, seeds, list(timesteps), batch_size, progress, desc)
+        return _generate_renoise(backbone, prompts, seeds, list(timesteps), batch_size, progress, desc, latents)
     model_fn = model_fn or backbone.predict
     device = backbone.device
     dtype = next(backbone.denoiser.parameters()).dtype
@@ -96,7 +97,7 @@ def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: in
             pred = model_fn(xin, tt, cond).float()
             pu, pc = pred.chunk(2)
             x = sched.step(pu + guidance_scale * (pc - pu), t, x.float()).prev_sample.to(dtype)
-        out.append(decode(backbone, x))
+        out.append(x.float().cpu().numpy() if latents else decode(backbone, x))
     return np.concatenate(out)
 
 
@@ -106,7 +107,8 @@ def step_noise(seeds: list[int], step: int, shape: tuple[int, int, int]) -> torc
         int(np.random.SeedSequence([int(s), step]).generate_state(1)[0]))) for s in seeds])
 
 
-def _generate_renoise(backbone: Backbone, prompts, seeds, timesteps, batch_size, progress, desc) -> np.ndarray:
+def _generate_renoise(backbone: Backbone, prompts, seeds, timesteps, batch_size, progress, desc,
+                      latents: bool = False) -> np.ndarray:
     device = backbone.device
     dtype = next(backbone.denoiser.parameters()).dtype
     sched, objective = backbone.noise_scheduler, backbone.objective
@@ -123,5 +125,5 @@ def _generate_renoise(backbone: Backbone, prompts, seeds, timesteps, batch_size,
                 noise = step_noise(s, k + 1, backbone.latent_shape).to(device)
                 nxt = torch.full((len(p),), timesteps[k + 1], device=device)
                 x = noisy_and_target(sched, objective, x0, noise, nxt)[0].to(dtype)
-        out.append(decode(backbone, x0.to(dtype)))
+        out.append(x0.float().cpu().numpy() if latents else decode(backbone, x0.to(dtype)))
     return np.concatenate(out)
