@@ -1,5 +1,6 @@
 # Helpers of the real DAG (a backbone spec, config/backbones/*.yaml, is the config): validation, paths,
-# wildcard constraints, resources. What the spec trains comes from tsmflow.backbone_spec (no torch: parsing stays light).
+# wildcard constraints, resources. What the spec trains comes from tsmflow.backbone_spec (no torch: parsing
+# stays light).
 
 import os
 import sys

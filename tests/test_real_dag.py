@@ -104,7 +104,8 @@ def test_run_fingerprint_changes_with_the_trained_weights_and_the_spec(tmp_path)
 def test_pixart_table_cites_tsm_table12_as_reference(root):
     spec = load_backbone_config(root / "config/backbones/pixart_alpha.yaml")
     decl = backbone_spec.table_decl(spec)
-    metrics = {r: {"fid": 20.0, "fid_n_samples": 30000, "fid_feature_space": "inception"} for r in backbone_spec.runs(spec)}
+    metrics = {r: {"fid": 20.0, "fid_n_samples": 30000, "fid_feature_space": "inception"}
+               for r in backbone_spec.runs(spec)}
     df = build_table(decl, metrics).set_index("runs")
     assert df.loc["base", "FID [TSM Table 12]"] == "23.15" and df.loc["tsm2", "FID [TSM Table 12]"] == "16.78"
     assert df.loc["lora_r32", "FID [TSM Table 12]"] == "—"  # the paper has no such row

@@ -64,7 +64,8 @@ class LoraSpec:
 def lora_parts(backbone: Backbone, spec: LoraSpec) -> dict[str, tuple[nn.Module, list[str]]]:
     """The models an adapter touches, keyed by their diffusers prefix, with their target modules."""
     parts = {DENOISER_PREFIX[backbone.arch]: (backbone.denoiser, spec.denoiser_targets)}
-    encoders = {"text_encoder" if i == 0 else f"text_encoder_{i + 1}": te for i, te in enumerate(backbone.text_encoders)}
+    encoders = {"text_encoder" if i == 0 else f"text_encoder_{i + 1}": te
+                for i, te in enumerate(backbone.text_encoders)}
     targets = spec.text_encoder_targets
     if isinstance(targets, dict):
         unknown = sorted(set(targets) - set(encoders))
