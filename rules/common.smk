@@ -68,6 +68,12 @@ for _run, _spec in RUNS.items():
 for _name, _d in {**DEME_SETS, **FINETUNES}.items():
     if _d["backbone"] not in BACKBONES or _d["task"] not in TASKS:
         raise ValueError(f"config: {_name!r} needs a backbone in {BACKBONES} and a task in {TASKS}")
+for _name, _d in FINETUNES.items():
+    if _d["method"] == "scratch" and "scratch" not in config["finetune"]:
+        raise ValueError(f"config key finetune.scratch: finetunes.{_name} trains from scratch, which needs its "
+                         "defaults (train: batch_size, lr, ...)")
+    if "with_dmp" in _d and _d["method"] != "scratch":
+        raise ValueError(f"config key finetunes.{_name}.with_dmp: for method scratch only (method dmp is DMP)")
 for _name, _d in STUDENTS.items():
     if _d["backbone"] not in BACKBONES:
         raise ValueError(f"config key students.{_name}.backbone: {_d['backbone']!r} is not in backbones")
@@ -210,6 +216,11 @@ def get_finetune_inputs(wildcards):
     return {**_backbone_inputs(d["backbone"]), **get_task_data(d["task"], d["backbone"])}
 
 
+def get_scratch_inputs(wildcards):
+    """A from-scratch job needs no pre-trained denoiser: the VAE, the text encoder and the task data."""
+    return {k: v for k, v in get_finetune_inputs(wildcards).items() if k != "model"}
+
+
 def get_finetune_model_inputs(wildcards):
     return _backbone_inputs(FINETUNES[wildcards.finetune]["backbone"])
 
@@ -270,8 +281,11 @@ def get_run_model_inputs(wildcards):
     spec = RUNS[wildcards.run]
     inputs = _backbone_inputs(spec["backbone"])
     if spec["method"] == "finetune":
-        key = "dmp" if FINETUNES[spec["finetune"]]["method"] == "dmp" else "model"
-        inputs[key] = get_finetune_dir(spec["finetune"])
+        ft = FINETUNES[spec["finetune"]]
+        if ft["method"] != "dmp":  # full, scratch: the job wrote the denoiser itself
+            inputs["model"] = get_finetune_dir(spec["finetune"])
+        if ft["method"] == "dmp" or ft.get("with_dmp"):  # and its patch beside it (scratch + DMP)
+            inputs["dmp"] = get_finetune_dir(spec["finetune"])
     elif spec["method"] == "deme_merged":
         inputs["model"] = get_deme_merged_dir(spec["deme"])
     elif spec["method"] == "deme_ensemble":

@@ -50,6 +50,31 @@ rule train_dmp:
         "../scripts/train_finetune.py"
 
 
+# DMP Table 6: a denoiser trained from scratch, with DMP attached from the start (`with_dmp`) or without
+rule train_scratch:
+    input:
+        unpack(get_scratch_inputs),
+    output:
+        model=directory(get_finetune_dir("{finetune}")),
+    wildcard_constraints:
+        finetune="|".join(re.escape(f) for f, d in FINETUNES.items() if d["method"] == "scratch") or "none",
+    params:
+        finetune=lambda wc: FINETUNES[wc.finetune],
+        defaults=lambda wc: {k: config["finetune"][k] for k in ("caption_dropout", "scratch")},
+        backbone=lambda wc: config["backbones"][FINETUNES[wc.finetune]["backbone"]],  # its architecture
+    log:
+        get_log("train_scratch", "{finetune}"),
+    benchmark:
+        get_benchmark("train_scratch", "{finetune}")
+    threads: get_threads("train_scratch")
+    resources:
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/train_finetune.py"
+
+
 rule plot_dmp_activation:
     input:
         unpack(get_finetune_model_inputs),

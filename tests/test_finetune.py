@@ -126,3 +126,47 @@ def test_runs_load_finetune_and_deme_models(unet_dirs, tmp_path):
     assert trainable_summary({"method": "deme_merged"}, [{"trainable_params": 5, "model_params": 100}] * 4) == \
         {"trainable_params": 20, "trainable_pct": 20.0}
     assert trainable_summary({"method": "base"}, []) == {}
+
+
+def test_dmp_from_scratch_trains_prompts_and_a_fresh_denoiser_that_starts_as_the_plain_run_does(tmp_path):
+    """DMP Table 6: both jobs start from the same fresh denoiser; with DMP, prompts and denoiser both train, and a
+    run loads the job's own denoiser and patch, at its end or at a snapshot."""
+    from conftest import _mini_components
+    from tsmflow.training.finetune import train_scratch
+    den, vae, text = _mini_components(tmp_path / "dit", "dit")
+    arch = {"arch": {"patch_size": 1, "layers": 1, "heads": 2, "head_dim": 8}, "objective": "eps",
+            "num_train_timesteps": 1000}
+    lat, labels = _task_files(tmp_path, load_mini_backbone("dit", den, vae, text))
+    cfg = {"train": TRAIN, "steps": 3, "snapshots": [1]}
+    plain = train_scratch(load_mini_backbone("dit", None, vae, text), cfg, arch, lat, labels, tmp_path / "plain", 0.1)
+    bb = load_mini_backbone("dit", None, vae, text)
+    patched = train_scratch(bb, {**cfg, "with_dmp": True, "importance_weight": 1.0}, arch, lat, labels,
+                            tmp_path / "dmp", 0.1)
+    assert plain["trainable_params"] == plain["denoiser_params"]
+    assert patched["trainable_params"] > patched["denoiser_params"] == plain["denoiser_params"]
+    w = {k: load_file(str(tmp_path / d / "diffusion_pytorch_model.safetensors"))
+         for k, d in [("plain", "plain"), ("dmp", "dmp"), ("dmp1", "dmp/step1"), ("pre", den)]}
+    key = next(k for k in w["plain"] if k.endswith("to_q.weight"))
+    assert not torch.equal(w["dmp"][key], w["pre"][key]) and not torch.equal(w["dmp1"][key], w["dmp"][key])
+    # at lr 0 nothing moves: both jobs start from the same fresh denoiser (the seed sets it, not the patch)
+    still = {**cfg, "train": {**TRAIN, "lr": 0.0}, "snapshots": []}
+    for name, extra in [("p0", {}), ("d0", {"with_dmp": True})]:
+        train_scratch(load_mini_backbone("dit", None, vae, text), {**still, **extra}, arch, lat, labels,
+                      tmp_path / name, 0.1)
+    w0 = [load_file(str(tmp_path / n / "diffusion_pytorch_model.safetensors")) for n in ("p0", "d0")]
+    assert all(torch.equal(w0[0][k], w0[1][k]) for k in w0[0])
+    prompts = load_file(str(tmp_path / "dmp" / "dmp.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in prompts.items() if "prompt" in k)  # prompts start at 0: they trained
+    run = {"backbone": "dit", "method": "finetune", "finetune": "x"}
+    for step, d in [(None, tmp_path / "dmp"), (1, tmp_path / "dmp" / "step1")]:
+        spec = {**run, **({"step": step} if step else {})}
+        loaded = load_run_backbone(spec, SimpleNamespace(model=tmp_path / "dmp", dmp=tmp_path / "dmp", vae=vae,
+                                                         text_encoder=text))
+        assert torch.equal(loaded.denoiser.state_dict()[key], load_file(
+            str(d / "diffusion_pytorch_model.safetensors"))[key])
+    # the patch acts: the end model with its patch differs from the same denoiser alone
+    with_patch = load_run_backbone(run, SimpleNamespace(model=tmp_path / "dmp", dmp=tmp_path / "dmp", vae=vae,
+                                                        text_encoder=text))
+    alone = load_run_backbone(run, SimpleNamespace(model=tmp_path / "dmp", vae=vae, text_encoder=text))
+    assert torch.equal(with_patch.denoiser.state_dict()[key], alone.denoiser.state_dict()[key])
+    assert not torch.allclose(_predict(with_patch), _predict(alone), atol=1e-7)

@@ -138,6 +138,14 @@ def test_dmp_stages(smoke):
     assert float(row["With DMP (M)"]) == pytest.approx((stats["denoiser_params"] + stats["added_params"]) / 1e6,
                                                        abs=1e-4)
     assert row["#Parameters (M), with DMP [DMP Table 1]"] == "132.5"
+    # DMP Table 6: a fresh dit trained with DMP from the first step; its snapshot and end model, each with a patch
+    scratch = res / "finetune/dit-scratch-dmp"
+    for d in (scratch, scratch / "step1"):
+        assert (d / "diffusion_pytorch_model.safetensors").is_file() and (d / "dmp.safetensors").is_file()
+    st6 = json.loads((scratch / "stats.json").read_text())
+    assert st6["with_dmp"] and st6["trainable_params"] > st6["denoiser_params"] > 0
+    t6 = pd.read_csv(res / "tables/dmp_table6.csv", dtype=str)
+    assert t6["FID [DMP Table 6]"].tolist() == ["—", "13.87"] and t6["FID (shapes features)"].str.contains("±").all()
     # DMP Table 5: both models' final latents, as many as FID samples (16 < the paper's 1000)
     s5 = {r: json.loads((res / f"runs/{r}/latent_structure.json").read_text()) for r in ("base_dit", "dmp_dit")}
     assert all(s["n_latents"] == 16 and -1 <= s["correlation_min"] < s["correlation_mean"] < 1 for s in s5.values())
@@ -200,7 +208,7 @@ def test_published_results_are_the_run_s_tables_byte_for_byte(smoke, snakemake_b
     assert "commit " in line and "config " in line and "CPUs" in line and "wall time" in line
     assert "command `snakemake --configfile config/smoke.yaml`" in line
     tables = sorted(res.glob("tables/*.md"))
-    assert len(tables) == 8 and (res / "tables/claims.md") in tables  # 7 declared tables + the claims page
+    assert len(tables) == 9 and (res / "tables/claims.md") in tables  # 8 declared tables + the claims page
     for t in tables:
         name = "claims.md" if t.stem == "claims" else f"tables/{t.name}"
         assert (docs / name).read_bytes() == f"> {line}\n\n".encode() + t.read_bytes(), name

@@ -80,8 +80,9 @@ def finetune_dir(spec: dict, finetune_out) -> Path:
 def load_run_backbone(spec: dict, inputs) -> Backbone:
     """`spec` is the run's config block; `inputs` the rule's named inputs (model, vae, text_encoder, ...)."""
     dmp = getattr(inputs, "dmp", None)  # a finetune run of prompts; otherwise `model` holds its weights
-    full = spec["method"] == "finetune" and dmp is None
-    model = finetune_dir(spec, inputs.model) if full else inputs.model  # a distill run's: the merged student
+    # the finetune job wrote the denoiser (full; from scratch, its patch beside it), not the base model
+    own = spec["method"] == "finetune" and (dmp is None or Path(inputs.model) == Path(dmp))
+    model = finetune_dir(spec, inputs.model) if own else inputs.model  # a distill run's: the merged student
     bb = load_mini_backbone(spec["backbone"], model, inputs.vae, inputs.text_encoder)
     return attach_run_adapters(bb, spec, inputs)
 

@@ -1,8 +1,11 @@
-"""Stages `train_full`, `train_dmp` and `deme_finetune_range`: further training of a pre-trained denoiser.
+"""Stages `train_full`, `train_dmp`, `train_scratch` and `deme_finetune_range`: further training of a
+pre-trained denoiser, or (DMP Table 6) training one from scratch.
 
 - full fine-tuning: every denoiser weight trains (DMP's "+ Fine-tuning" baseline);
 - DMP / prompt tuning: the denoiser is frozen, only prompts (and the gate) train,
   with DMP's prompt balancing losses (`adapters/dmp.py`);
+- from scratch: a freshly initialised denoiser of the backbone's architecture trains, with a DMP patch
+  attached and training alongside it (`with_dmp`) or alone;
 - a DeMe range model: full fine-tuning (or a LoRA, merged back into the weights) on one
   timestep range, with out-of-range timesteps at probability p and the consistency
   loss to the frozen pre-trained model.
@@ -27,6 +30,7 @@ from ..adapters.experts import interval_bounds
 from ..adapters.lora import LoraSpec, add_lora, lora_layers
 from ..data.io import atomic_dir, write_json
 from ..models.backbone import Backbone
+from ..models.mini import build_denoiser, build_scheduler
 from .experts import freeze, load_task_data, model_params
 from .loop import TrainConfig, infinite_batches, resumable_output, train
 from .objectives import DiffusionObjective, RangeTimesteps
@@ -117,6 +121,37 @@ def train_dmp(backbone: Backbone, cfg: dict, latents_path, labels_path, out_dir,
     return _run(objective, list(dmp.parameters()), tensors, extra, tcfg, out_dir, f"dmp ({dcfg.gate} gate)",
                 lambda d: save_dmp(d, dmp), cfg.get("snapshots", ()),
                 {"method": "dmp", "model_params": model_params(backbone), **sizes})
+
+
+def train_scratch(backbone: Backbone, cfg: dict, arch_cfg: dict, latents_path, labels_path, out_dir,
+                  caption_dropout: float) -> dict:
+    """DMP Table 6: pre-train a fresh denoiser (`arch_cfg`: the backbone's config block) on the task data, with
+    DMP attached from the first step and trained with it (`with_dmp`, prompt balancing as train_dmp) or alone.
+    Saves the denoiser (and the patch) at the end and at every snapshot."""
+    tcfg = TrainConfig.from_dict({**cfg["train"], "steps": cfg["steps"]})
+    set_seed(tcfg.seed)  # the initial weights too: with and without DMP start from the same denoiser
+    text = backbone.text_encoders[0].config  # frozen, as loaded
+    c, s, _ = backbone.latent_shape
+    backbone.denoiser = build_denoiser(backbone.arch, arch_cfg["arch"], c, s, text.hidden_size, text.projection_dim)
+    backbone.noise_scheduler = build_scheduler(arch_cfg["objective"], arch_cfg["num_train_timesteps"])
+    params = list(backbone.denoiser.parameters())
+    objective, dmp = DiffusionObjective(backbone, caption_dropout=caption_dropout), None
+    info = {"method": "scratch", "with_dmp": bool(cfg.get("with_dmp")),
+            "denoiser_params": sum(p.numel() for p in params)}
+    if cfg.get("with_dmp"):
+        dmp = add_dmp(backbone, DMPConfig(**cfg.get("dmp", {})))
+        params += list(dmp.parameters())
+        objective = BalancedObjective(objective, dmp, cfg.get("importance_weight", 0.0), cfg.get("load_weight", 0.0))
+
+    def save(d):
+        save_denoiser(backbone, d)
+        if dmp is not None:
+            save_dmp(d, dmp)
+
+    tensors, extra = load_task_data(latents_path, labels_path)
+    info["model_params"] = model_params(backbone)
+    return _run(objective, params, tensors, extra, tcfg, out_dir, f"from scratch{' + DMP' if dmp else ''}", save,
+                cfg.get("snapshots", ()), info)
 
 
 def merged_lora_denoiser(backbone: Backbone, base: nn.Module, name: str) -> nn.Module:
