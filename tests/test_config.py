@@ -172,19 +172,39 @@ def test_scripts_read_rule_params_not_the_config(root):
     assert not offenders, f"scripts reading snakemake.config instead of rule params: {offenders}"
 
 
-def test_parsing_the_workflow_imports_neither_torch_nor_diffusers(root):
-    """Every library import of the Snakefile and its rule files, run in a fresh interpreter: building the DAG
-    (each dry run, each cluster submission) must not pay for torch."""
+HEAVY = ("torch", "diffusers", "transformers")
+
+
+def heavy_imports(root, files) -> tuple[list[str], list[str]]:
+    """The library imports of `files`, and which of torch/diffusers/transformers they load (a fresh interpreter)."""
+    import ast
     import re
     import sys
-    lines = [m.group(0).strip() for f in [root / "Snakefile", *sorted((root / "rules").glob("*.smk"))]
+    lines = [m.group(0).strip() for f in files
              for m in re.finditer(r"^\s*(from tsmflow[.\w]* import [\w, ]+|import tsmflow[.\w]*)", f.read_text(), re.M)]
-    assert len(lines) >= 4, lines
-    code = "\n".join(lines + ["import sys", "print(sorted(m for m in ('torch', 'diffusers', 'transformers') "
-                                            "if m in sys.modules))"])
+    code = "\n".join(["import sys", "sys.path.insert(0, 'src')", *lines,
+                      f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"])
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip() == "[]", f"parsing imports {r.stdout.strip()} via {lines}"
+    return lines, ast.literal_eval(r.stdout.strip().splitlines()[-1])
+
+
+def test_parsing_the_workflow_imports_neither_torch_nor_diffusers(root):
+    """Every library import of the Snakefile and its rule files: building the DAG (each dry run, each cluster
+    submission) must not pay for torch."""
+    lines, heavy = heavy_imports(root, [root / "Snakefile", *sorted((root / "rules").glob("*.smk"))])
+    assert len(lines) >= 4 and not heavy, f"parsing imports {heavy} via {lines}"
+
+
+@pytest.mark.parametrize("script", ["make_table", "make_claims", "publish_results", "plot_table", "real_table",
+                                    "plot_training_curves", "plot_score_vs_n", "plot_fid_vs_steps",
+                                    "plot_deme_sensitivity", "plot_deme_cosine", "plot_weight_change",
+                                    "foundation_summary", "data_coverage"])
+def test_table_and_plot_jobs_import_no_model_library(root, script):
+    """A job that only reads JSON or CSV and writes a table or a plot pays no torch or diffusers import (seconds
+    per job, over a hundred such jobs in the default DAG)."""
+    _, heavy = heavy_imports(root, [root / "scripts" / f"{script}.py"])
+    assert not heavy, f"scripts/{script}.py imports {heavy}"
 
 
 def test_memory_and_runtime_live_in_the_slurm_profile_and_it_names_only_real_rules(root):
