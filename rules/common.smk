@@ -398,10 +398,15 @@ def get_table_metrics(wildcards):
     return {run: get_run_path(run, f"{name}.json") for run in get_table_runs(wildcards.table)}
 
 
+def get_latent_structure_runs():
+    """Runs of `metrics: latent_structure` tables: their FID sampling keeps its latents (DMP Table 5)."""
+    return {r for t, d in TABLES.items() if d.get("metrics") == "latent_structure" for r in get_table_runs(t)}
+
+
 def get_latent_structure_inputs(wildcards):
-    """A run's model, the reference captions, and for a DMP run its gate's activation data (DMP Fig. 7)."""
+    """A run's FID samples (with their latents), and for a DMP run its gate's activation data (DMP Fig. 7)."""
     spec = RUNS[wildcards.run]
-    inputs = {**get_run_model_inputs(wildcards), "reference": get_split_dir("reference")}
+    inputs = {"fid_samples": get_run_path(wildcards.run, "fid_samples")}
     ft = FINETUNES.get(spec.get("finetune"), {})
     if spec["method"] == "finetune" and ft.get("method") == "dmp" and ft.get("dmp", {}).get("gate", "soft") != "none":
         inputs["activation"] = f"{RESULTS}/finetune/{spec['finetune']}_activation.npz"

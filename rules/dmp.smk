@@ -26,36 +26,23 @@ rule train_full:
         "../scripts/train_finetune.py"
 
 
-rule train_dmp:
-    input:
-        unpack(get_finetune_inputs),
-    output:
-        model=directory(get_finetune_dir("{finetune}")),
+use rule train_full as train_dmp with:
     wildcard_constraints:
         finetune="|".join(re.escape(f) for f, d in FINETUNES.items() if d["method"] == "dmp") or "none",
     params:
         finetune=lambda wc: FINETUNES[wc.finetune],
-        # only this method's defaults: a change to the other method's settings does not rerun these jobs
         defaults=lambda wc: {k: config["finetune"][k] for k in ("caption_dropout", "dmp")},
     log:
         get_log("train_dmp", "{finetune}"),
     benchmark:
         get_benchmark("train_dmp", "{finetune}")
     threads: get_threads("train_dmp")
-    resources:
-        **gpu_resources(),
-    conda:
-        "../envs/workflow.yaml"
-    script:
-        "../scripts/train_finetune.py"
 
 
 # DMP Table 6: a denoiser trained from scratch, with DMP attached from the start (`with_dmp`) or without
-rule train_scratch:
+use rule train_full as train_scratch with:
     input:
         unpack(get_scratch_inputs),
-    output:
-        model=directory(get_finetune_dir("{finetune}")),
     wildcard_constraints:
         finetune="|".join(re.escape(f) for f, d in FINETUNES.items() if d["method"] == "scratch") or "none",
     params:
@@ -67,12 +54,6 @@ rule train_scratch:
     benchmark:
         get_benchmark("train_scratch", "{finetune}")
     threads: get_threads("train_scratch")
-    resources:
-        **gpu_resources(),
-    conda:
-        "../envs/workflow.yaml"
-    script:
-        "../scripts/train_finetune.py"
 
 
 rule plot_dmp_activation:
@@ -128,24 +109,20 @@ rule plot_fid_vs_steps:
         "../scripts/plot_fid_vs_steps.py"
 
 
-# DMP Table 5: one job per run of a `metrics: latent_structure` table (its final latents, sampled once)
+# DMP Table 5: one job per run of a `metrics: latent_structure` table, on the latents its FID samples
+# decode from (evaluate_run keeps them for these runs: no second sampling pass)
 rule latent_structure:
     input:
         unpack(get_latent_structure_inputs),
     output:
         stats=get_run_path("{run}", "latent_structure.json"),
     params:
-        run=lambda wc: RUNS[wc.run],
-        sampling=lambda wc: get_run_sampling(wc.run),
         n_latents=min(1000, config["evaluation"]["fid"]["n_samples"]),  # the paper's 1000, or the FID count
-        seed=config["evaluation"]["seed"],
     log:
         get_log("latent_structure", "{run}"),
     benchmark:
         get_benchmark("latent_structure", "{run}")
     threads: get_threads("latent_structure")
-    resources:
-        **gpu_resources(),
     conda:
         "../envs/workflow.yaml"
     script:

@@ -91,6 +91,7 @@ rule evaluate_run:
         images_per_prompt=config["evaluation"]["images_per_prompt"],
         seed=config["evaluation"]["seed"],
         fid=get_fid_params(),
+        fid_latents=lambda wc: wc.run in get_latent_structure_runs(),  # DMP Table 5 reads them
         resolution=config["resolution"],
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:

@@ -35,7 +35,7 @@ if "compbench" in out.keys():
     with atomic_path(out.scores) as tmp:
         scores.to_csv(tmp, index=False)
 
-caption_folder(bb, captions[: p.fid["n_samples"]], out.fid_samples, p.seed, **kw)
+caption_folder(bb, captions[: p.fid["n_samples"]], out.fid_samples, p.seed, latents=p.fid_latents, **kw)
 fid = fid_record(evaluator if space in ("shapes", "patch") else None, out.fid_samples, inp.fid_reference, space,
                  validated, n_boot=p.fid["n_boot"], seed=p.seed, inception_weights=p.fid.get("inception_weights"))
 if "patch_reference" in inp.keys():  # Patch-FID: the same samples' quadrants, the same features

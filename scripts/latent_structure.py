@@ -1,24 +1,25 @@
-"""DMP Table 5: structural statistics of a run's final latents, and for a DMP run its gate's spatial and
-temporal biases (DMP Fig. 7, from the activation data its plot rule saved)."""
+"""DMP Table 5: structural statistics of the final latents a run's FID samples decode from, and for a DMP run
+its gate's temporal and spatial biases (DMP Fig. 7, from the activation data its plot rule saved)."""
+from pathlib import Path
+
 import numpy as np
 
-from tsmflow.data.io import read_labels, write_json
+from safetensors.numpy import load_file
+
+from tsmflow.data.io import DataError, write_json
 from tsmflow.evaluation.structure import activation_bias, offdiag_stats
-from tsmflow.runs import load_run_backbone
-from tsmflow.sampling.sample import generate
+from tsmflow.sampling.folders import LATENTS
 from tsmflow.workflow import setup
 
 setup(snakemake)
 inp, p = snakemake.input, snakemake.params
-captions = [r["caption"] for r in read_labels(f"{inp.reference}/labels.jsonl")]
-if p.n_latents > len(captions):
-    raise ValueError(f"{inp.reference}: {p.n_latents} latents asked, only {len(captions)} reference captions")
-captions = captions[: p.n_latents]
-bb = load_run_backbone(p.run, inp)
-kw = {k: p.sampling[k] for k in ("steps", "guidance_scale", "solver", "timesteps") if k in p.sampling}
-# the FID samples' captions and seeds (caption_folder: seed + index): these are the latents of those images
-latents = generate(bb, captions, [p.seed + k for k in range(len(captions))], latents=True, progress=False, **kw)
-stats = {"run": snakemake.wildcards.run, **offdiag_stats(latents)}
+path = Path(inp.fid_samples) / LATENTS
+if not path.is_file():
+    raise DataError(f"{path}: no latents (evaluate_run keeps them only for runs of latent_structure tables)")
+latents = load_file(str(path))["latents"]
+if p.n_latents > len(latents):
+    raise DataError(f"{path}: {p.n_latents} latents asked, only {len(latents)} saved")
+stats = {"run": snakemake.wildcards.run, **offdiag_stats(latents[: p.n_latents])}
 if "activation" in inp.keys():
     with np.load(inp.activation) as z:
         stats.update(activation_bias(z["weights"]))

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import save_inception_stand_in
 from tsmflow.data.io import load_image, read_labels
 from tsmflow.sampling.folders import caption_folder
 from tsmflow.sampling.sample import generate, initial_noise
@@ -29,6 +30,21 @@ def test_caption_folder_writes_what_generate_makes(mini_backbone, tmp_path):
     assert [(r["file"], r["caption"], r["seed"]) for r in labels] == [
         (f"{k:06d}.png", c, 7 + k) for k, c in enumerate(captions)]
     assert np.array_equal(np.stack([load_image(tmp_path / "fid" / r["file"]) for r in labels]), expected)
+    # with latents: one sampling pass gives the same images and the latents they decode from, which clean-fid
+    # does not mistake for images
+    from safetensors.numpy import load_file
+
+    from tsmflow.evaluation.fid import folder_features
+    from tsmflow.sampling.folders import LATENTS
+    caption_folder(bb, captions, tmp_path / "lat", seed=7, steps=3, guidance_scale=3.0, batch_size=2, latents=True)
+    lat = load_file(str(tmp_path / "lat" / LATENTS))["latents"]
+    assert lat.shape == (5, *bb.latent_shape)
+    assert np.array_equal(lat, generate(bb, captions, list(range(7, 12)), steps=3, guidance_scale=3.0, batch_size=2,
+                                        progress=False, latents=True))
+    images = np.stack([load_image(tmp_path / "lat" / r["file"]) for r in labels])
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+    assert len(folder_features(None, tmp_path / "lat", feature_space="inception",
+                               inception_weights=save_inception_stand_in(tmp_path / "inc.pt"))) == 5
 
 
 def test_model_fn_sees_every_timestep_and_guidance_pairs(mini_backbone):

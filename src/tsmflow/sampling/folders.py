@@ -12,11 +12,14 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from ..data.io import atomic_dir, read_json, read_prompts, resumable_dir, save_png, write_json, write_labels
 from ..models.backbone import Backbone
-from .sample import generate
+from .sample import decode, generate
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +45,16 @@ def compbench_folder(backbone: Backbone, prompt_files: dict[str, str], out_dir, 
                 save_png(Path(tmp) / category / image_name(p, i), img)
 
 
+# beside a caption folder's images, when asked for; not .npy, which clean-fid would read as an image
+LATENTS = "latents.safetensors"
+
+
 def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, steps: int = 25,
                    guidance_scale: float = 5.0, batch_size: int = 64, model_fn=None, resume_key: str | None = None,
-                   solver: str = "first_order", timesteps: list[int] | None = None) -> None:
-    """One image per caption (e.g. held-out captions for FID), with a labels.jsonl of what was asked.
+                   solver: str = "first_order", timesteps: list[int] | None = None, latents: bool = False) -> None:
+    """One image per caption (e.g. held-out captions for FID), with a labels.jsonl of what was asked; with
+    `latents`, also `latents.safetensors`: the final latents the images decode from, in caption order (DMP
+    Table 5).
 
     Batch by batch (the batches `generate` makes), so memory holds one batch, not every image (FID-30K).
     With a `resume_key` (what identifies the model and settings), a killed job's rerun keeps the batches
@@ -53,7 +62,8 @@ def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, 
     key = None if resume_key is None else hashlib.sha256(json.dumps(
         {"model": resume_key, "captions": captions, "seed": seed, "steps": steps,
          "guidance_scale": guidance_scale, "batch_size": batch_size, "solver": solver,
-         **({"timesteps": timesteps} if timesteps else {})}, sort_keys=True).encode()).hexdigest()
+         **({"timesteps": timesteps} if timesteps else {}), **({"latents": True} if latents else {})},
+        sort_keys=True).encode()).hexdigest()
     with (atomic_dir(out_dir) if key is None else resumable_dir(out_dir, key)) as tmp:
         done_dir = Path(tmp) / ".batches"
         done_dir.mkdir(exist_ok=True)
@@ -72,7 +82,11 @@ def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, 
             seeds = [seed + start + k for k in range(len(chunk))]
             images = generate(backbone, chunk, seeds, steps=steps, guidance_scale=guidance_scale,
                               batch_size=batch_size, model_fn=model_fn, progress=False, solver=solver,
-                              timesteps=timesteps)
+                              timesteps=timesteps, latents=latents)
+            if latents:  # one sampling pass: keep the latents, decode them here
+                np.save(done_dir / f"{start:06d}.npy", images)
+                with torch.no_grad():
+                    images = decode(backbone, torch.from_numpy(images).to(backbone.device))
             records = []
             for k, (c, img) in enumerate(zip(chunk, images)):
                 name = f"{start + k:06d}.png"
@@ -80,4 +94,7 @@ def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, 
                 records.append({"file": name, "caption": c, "seed": seeds[k]})
             write_json(record(start), records)
         write_labels(Path(tmp) / "labels.jsonl", [r for s in starts for r in read_json(record(s))])
+        if latents:
+            save_file({"latents": np.concatenate([np.load(done_dir / f"{s:06d}.npy") for s in starts])},
+                      str(Path(tmp) / LATENTS))
         shutil.rmtree(done_dir)
