@@ -42,6 +42,8 @@ def _real_sd15(device: str, dtype: str):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from tsmflow.backbone_spec import lora_config
+    from tsmflow.config import load_backbone_config
     from tsmflow.models.backbone import Backbone
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
@@ -57,15 +59,12 @@ def _real_sd15(device: str, dtype: str):
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
     def encode(prompts):
-        ids = torch.stack([torch.arange(77) % 49000 + (hash(p) % 400) for p in prompts]).to(device)
+        ids = torch.stack([torch.arange(77) + len(p) for p in prompts]).to(device)
         return {"hidden": text(input_ids=ids).last_hidden_state, "mask": None, "pooled": None}
 
     bb = Backbone(arch="unet", denoiser=unet, vae=vae, noise_scheduler=sched, encode_fn=encode, text_encoders=[text],
                   family="sd15")
-    spec = yaml.safe_load((ROOT / "config/backbones/sd15.yaml").read_text())["lora"]
-    lora = {"alpha_over_rank": spec["alpha"] / spec["rank"], "denoiser_targets": spec["denoiser_target_modules"],
-            "text_encoder_targets": spec["text_encoder_target_modules"]}
-    return bb, {"lora": lora}
+    return bb, {"lora": lora_config(load_backbone_config(ROOT / "config/backbones/sd15.yaml"))}
 
 
 def _backbone(arch: str, device: str):
