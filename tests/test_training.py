@@ -172,6 +172,19 @@ def test_unet_cross_attention_is_chosen_per_level():
         build_denoiser("unet", {**arch, "cross_attention": [True, False]}, 4, 16, 16, 16)
 
 
+def test_unet_heads_have_the_configured_width():
+    """`head_dim` is a head's width on every backbone; diffusers' UNet takes a head count in its place."""
+    from tsmflow.models.mini import build_denoiser
+    arch = {"channels": [16, 32], "layers_per_block": 1, "head_dim": 8, "norm_groups": 4,
+            "cross_attention": [True, True]}
+    unet = build_denoiser("unet", arch, 4, 8, 16, 16)
+    for block, width in zip(unet.down_blocks, arch["channels"]):
+        attn = block.attentions[0].transformer_blocks[0].attn2
+        assert attn.heads == width // 8 and attn.inner_dim // attn.heads == 8
+    with pytest.raises(ValueError, match="head_dim 12 does not divide channels"):
+        build_denoiser("unet", {**arch, "head_dim": 12}, 4, 8, 16, 16)
+
+
 def test_seeded_shifts_only_the_seed():
     from tsmflow.training.loop import seeded
     cfg = {"seed": 3, "lr": 0.1}

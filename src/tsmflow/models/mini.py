@@ -28,12 +28,18 @@ def build_denoiser(arch: str, cfg: dict, latent_channels: int, latent_size: int,
         if len(attn) != n:
             raise ValueError(f"unet arch: cross_attention has {len(attn)} entries for {n} levels (channels)")
         down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn)
+        # diffusers' UNet reads `attention_head_dim` as the number of heads (SD1.5's 8), so the config's head width
+        # becomes a head count per level; passed straight through, 32 made 32 heads of width 2 at 64 channels
+        bad = [c for c in cfg["channels"] if c % cfg["head_dim"]]
+        if bad:
+            raise ValueError(f"unet arch: head_dim {cfg['head_dim']} does not divide channels {bad}")
+        heads = tuple(c // cfg["head_dim"] for c in cfg["channels"])
         return UNet2DConditionModel(
             sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
             down_block_types=down,
             up_block_types=tuple(b.replace("Down", "Up") for b in reversed(down)),
             block_out_channels=tuple(cfg["channels"]), layers_per_block=cfg["layers_per_block"],
-            cross_attention_dim=text_dim, attention_head_dim=cfg["head_dim"],
+            cross_attention_dim=text_dim, attention_head_dim=heads,
             norm_num_groups=cfg["norm_groups"])
     if arch == "dit":
         return PixArtTransformer2DModel(
