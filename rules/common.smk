@@ -322,7 +322,8 @@ def run_evaluations(run):
 
 def get_sampling_params():
     """What a sampler reads of config `sampling` (the grid keys only shape sample grids)."""
-    return {k: config["sampling"][k] for k in ("solver", "steps", "guidance_scale")}
+    return {**{k: config["sampling"][k] for k in ("solver", "steps", "guidance_scale")},
+            "precision": config["sampling"].get("precision", "fp32")}
 
 
 def get_run_sampling(run):
@@ -332,8 +333,9 @@ def get_run_sampling(run):
     if spec["method"] == "distill":
         if spec.get("sampling"):
             raise ValueError(f"config key runs.{run}.sampling: a distilled student samples at its own timesteps")
-        return student_sampling(STUDENTS[spec["student"]]["timesteps"],
-                                config["backbones"][spec["backbone"]]["num_train_timesteps"])
+        return {**student_sampling(STUDENTS[spec["student"]]["timesteps"],
+                                   config["backbones"][spec["backbone"]]["num_train_timesteps"]),
+                "precision": get_sampling_params()["precision"]}
     return {**get_sampling_params(), **spec.get("sampling", {})}
 
 

@@ -33,6 +33,7 @@ rule deme_merge_search:
         search=config["deme"]["search"],
         n_final=config["evaluation"]["fid"]["n_samples"],
         guidance_scale=config["sampling"]["guidance_scale"],
+        precision=get_sampling_params()["precision"],
         require_validated=config["evaluation"]["require_validated_evaluator"],
         feature_space=config["evaluation"]["fid"]["feature_space"],
         arch=lambda wc: config["deme_sets"][wc.deme_set]["backbone"],

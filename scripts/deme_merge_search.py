@@ -16,4 +16,4 @@ check_validated(i.validation, p.require_validated)
 bb = load_mini_backbone(p.arch, i.model, i.vae, i.text_encoder)
 captions = [r["caption"] for r in read_labels(f"{i.reference}/labels.jsonl")]
 print(merge_search(bb, i.ranges, p.search, p.guidance_scale, captions, p.n_final, load_evaluator(i.evaluator),
-                   i.reference_stats, snakemake.output.model, feature_space=space))
+                   i.reference_stats, snakemake.output.model, feature_space=space, precision=p.precision))

@@ -23,7 +23,7 @@ validated = check_validated(inp.validation, p.require_validated) if uses_evaluat
 evaluator = load_evaluator(inp.evaluator) if uses_evaluator else None
 bb = load_run_backbone(p.run, inp)
 # a distilled student's sampler has its timesteps instead of steps and guidance
-kw = {k: sampling[k] for k in ("steps", "guidance_scale", "solver", "timesteps") if k in sampling}
+kw = {k: sampling[k] for k in ("steps", "guidance_scale", "solver", "timesteps", "precision") if k in sampling}
 
 scores = None
 if "compbench" in out.keys():

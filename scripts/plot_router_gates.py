@@ -15,7 +15,7 @@ mixture = next(r for r in bb.routers if isinstance(r, ExpertMixture))
 prompts = [p for f in snakemake.input.prompts for p in read_prompts(f)[:2]]
 mixture.recorded = []
 generate(bb, prompts, list(range(len(prompts))), steps=s["steps"], guidance_scale=s["guidance_scale"],
-         solver=s["solver"])
+         solver=s["solver"], precision=s["precision"])
 df = pd.DataFrame(mixture.recorded)
 with atomic_path(snakemake.output.gates) as tmp:
     df.to_csv(tmp, index=False)

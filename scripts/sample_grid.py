@@ -12,6 +12,7 @@ prompts = [p for f in snakemake.input.prompts for p in read_prompts(f)[: cfg["gr
 seeds = list(range(cfg["grid_seeds"]))
 bb = load_mini_backbone(backbone, snakemake.input.model, snakemake.input.vae, snakemake.input.text_encoder)
 images = generate(bb, [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds],
-                  steps=cfg["steps"], guidance_scale=cfg["guidance_scale"], solver=cfg["solver"])
+                  steps=cfg["steps"], guidance_scale=cfg["guidance_scale"], solver=cfg["solver"],
+                  precision=cfg.get("precision", "fp32"))
 sample_grid(images, prompts, len(seeds), snakemake.output.grid,
             title=f"pre-trained {backbone}: {cfg['solver']}, {cfg['steps']} steps, CFG {cfg['guidance_scale']}, seeds 0-{len(seeds) - 1}")

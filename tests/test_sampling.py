@@ -20,6 +20,29 @@ def test_images_depend_on_seed_not_batching(mini_backbone, arch, objective):
     assert not np.array_equal(a[0], a[2])  # same prompt, other seed
 
 
+@pytest.mark.parametrize("arch, objective", [("unet", "eps"), ("mmdit", "flow")])
+def test_bf16_precision_runs_the_denoiser_in_bf16_and_stays_near_fp32(mini_backbone, arch, objective):
+    bb = mini_backbone(arch, objective)
+    dtypes = []
+
+    def spy(x, t, cond):
+        out = bb.predict(x, t, cond)
+        dtypes.append(out.dtype)
+        return out
+
+    prompts, seeds = ["a red circle", "a blue square"], [0, 1]
+    kw = dict(steps=3, guidance_scale=3.0, progress=False)
+    ref = generate(bb, prompts, seeds, **kw)
+    low = generate(bb, prompts, seeds, precision="bf16", model_fn=spy, **kw)
+    assert set(dtypes) == {torch.bfloat16}
+    assert next(bb.denoiser.parameters()).dtype == torch.float32  # the weights stay fp32
+    # a random tiny model, 3 steps: bf16 rounding moves pixels a little, not the image
+    assert np.abs(ref.astype(int) - low.astype(int)).mean() < 8
+    assert np.array_equal(low, generate(bb, prompts, seeds, precision="bf16", **kw))  # still deterministic
+    with pytest.raises(ValueError, match="unknown sampling precision 'fp8'"):
+        generate(bb, prompts, seeds, precision="fp8", **kw)
+
+
 def test_caption_folder_writes_what_generate_makes(mini_backbone, tmp_path):
     """Written batch by batch, the folder holds exactly generate's images, seeds and captions."""
     bb = mini_backbone("unet")

@@ -34,7 +34,8 @@ def generate_prompt_images(backbone, evaluator, prompt_files: dict[str, str], cf
     with atomic_dir(out_dir) as tmp:
         tmp = Path(tmp)
         compbench_folder(backbone, prompt_files, tmp / "images", cfg["images_per_prompt"], cfg["seed"],
-                         sampling["steps"], sampling["guidance_scale"], solver=sampling["solver"])
+                         sampling["steps"], sampling["guidance_scale"], solver=sampling["solver"],
+                         precision=sampling.get("precision", "fp32"))
         scores = score_folder(evaluator, tmp / "images", resolution)
         scores.to_csv(tmp / "scores.csv", index=False)
         keep = select(scores, cfg["threshold"])

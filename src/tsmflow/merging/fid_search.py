@@ -26,15 +26,16 @@ class FidObjective:
     """w -> FID of the merged model's images (fixed captions and seeds) against reference stats."""
 
     def __init__(self, backbone: Backbone, base: dict, taus: list[dict], captions: list[str], seeds: list[int],
-                 steps: int, guidance_scale: float, detector, ref_stats: dict, feature_space: str = "shapes"):
+                 steps: int, guidance_scale: float, detector, ref_stats: dict, feature_space: str = "shapes",
+                 precision: str = "fp32"):
         self.bb, self.base, self.taus = backbone, base, taus
         self.captions, self.seeds, self.steps, self.gs = captions, seeds, steps, guidance_scale
-        self.detector, self.ref, self.space = detector, ref_stats, feature_space
+        self.detector, self.ref, self.space, self.precision = detector, ref_stats, feature_space, precision
 
     def __call__(self, w) -> float:
         self.bb.denoiser.load_state_dict(merge(self.base, self.taus, w))
         images = generate(self.bb, self.captions, self.seeds, steps=self.steps, guidance_scale=self.gs,
-                          progress=False)
+                          progress=False, precision=self.precision)
         # through a folder, so the features go through clean-fid's resize exactly as the reference's did
         with tempfile.TemporaryDirectory() as d:
             for k, img in enumerate(images):
@@ -53,7 +54,8 @@ def search_captions(reference_captions: list[str], n: int, n_final: int) -> list
 
 
 def merge_search(backbone: Backbone, range_dirs, search: dict, guidance_scale: float, reference_captions,
-                 n_final: int, detector, ref_stats_path, out_dir, feature_space: str = "shapes") -> dict:
+                 n_final: int, detector, ref_stats_path, out_dir, feature_space: str = "shapes",
+                 precision: str = "fp32") -> dict:
     """Search the weights, then save the merged denoiser, the search log and the task vectors' cosines.
 
     `n_final` is the final FID's sample count (evaluation.fid.n_samples), whose captions the search avoids."""
@@ -62,7 +64,8 @@ def merge_search(backbone: Backbone, range_dirs, search: dict, guidance_scale: f
     n = len(taus)
     captions = search_captions(list(reference_captions), search["n_samples"], n_final)
     objective = FidObjective(backbone, base, taus, captions, [search["seed"] + k for k in range(len(captions))],
-                             search["steps"], guidance_scale, detector, load_stats(ref_stats_path), feature_space)
+                             search["steps"], guidance_scale, detector, load_stats(ref_stats_path), feature_space,
+                             precision)
     with atomic_dir(out_dir) as tmp:
         t0 = time.perf_counter()
         result = pattern_search(objective, n, search["lo"], search["hi"], search["step"], search["min_step"],

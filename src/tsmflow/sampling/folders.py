@@ -32,7 +32,7 @@ def image_name(prompt: str, idx: int) -> str:
 
 def compbench_folder(backbone: Backbone, prompt_files: dict[str, str], out_dir, n_per_prompt: int, seed: int,
                      steps: int = 25, guidance_scale: float = 5.0, batch_size: int = 64, model_fn=None,
-                     solver: str = "first_order", timesteps: list[int] | None = None) -> None:
+                     solver: str = "first_order", timesteps: list[int] | None = None, precision: str = "fp32") -> None:
     """Generate `n_per_prompt` images for every prompt of every category's val file."""
     with atomic_dir(out_dir) as tmp:
         for category, path in prompt_files.items():
@@ -40,7 +40,8 @@ def compbench_folder(backbone: Backbone, prompt_files: dict[str, str], out_dir, 
             jobs = [(p, i) for p in prompts for i in range(n_per_prompt)]
             images = generate(backbone, [p for p, _ in jobs], [seed + i for _, i in jobs], steps=steps,
                               guidance_scale=guidance_scale, batch_size=batch_size, model_fn=model_fn,
-                              desc=f"sampling {category}", solver=solver, timesteps=timesteps)
+                              desc=f"sampling {category}", solver=solver, timesteps=timesteps,
+                              precision=precision)
             for (p, i), img in zip(jobs, images):
                 save_png(Path(tmp) / category / image_name(p, i), img)
 
@@ -51,7 +52,8 @@ LATENTS = "latents.safetensors"
 
 def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, steps: int = 25,
                    guidance_scale: float = 5.0, batch_size: int = 64, model_fn=None, resume_key: str | None = None,
-                   solver: str = "first_order", timesteps: list[int] | None = None, latents: bool = False) -> None:
+                   solver: str = "first_order", timesteps: list[int] | None = None, latents: bool = False,
+                   precision: str = "fp32") -> None:
     """One image per caption (e.g. held-out captions for FID), with a labels.jsonl of what was asked; with
     `latents`, also `latents.safetensors`: the final latents the images decode from, in caption order (DMP
     Table 5).
@@ -62,7 +64,8 @@ def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, 
     key = None if resume_key is None else hashlib.sha256(json.dumps(
         {"model": resume_key, "captions": captions, "seed": seed, "steps": steps,
          "guidance_scale": guidance_scale, "batch_size": batch_size, "solver": solver,
-         **({"timesteps": timesteps} if timesteps else {}), **({"latents": True} if latents else {})},
+         **({"timesteps": timesteps} if timesteps else {}), **({"latents": True} if latents else {}),
+         **({"precision": precision} if precision != "fp32" else {})},
         sort_keys=True).encode()).hexdigest()
     with (atomic_dir(out_dir) if key is None else resumable_dir(out_dir, key)) as tmp:
         done_dir = Path(tmp) / ".batches"
@@ -82,7 +85,7 @@ def caption_folder(backbone: Backbone, captions: list[str], out_dir, seed: int, 
             seeds = [seed + start + k for k in range(len(chunk))]
             images = generate(backbone, chunk, seeds, steps=steps, guidance_scale=guidance_scale,
                               batch_size=batch_size, model_fn=model_fn, progress=False, solver=solver,
-                              timesteps=timesteps, latents=latents)
+                              timesteps=timesteps, latents=latents, precision=precision)
             if latents:  # one sampling pass: keep the latents, decode them here
                 np.save(done_dir / f"{start:06d}.npy", images)
                 with torch.no_grad():

@@ -3,6 +3,9 @@
 Solvers (`SOLVERS`), all diffusers schedulers: `first_order` is DDIM for eps/v models and
 Euler for flow; `dpmsolver++` (2nd-order multistep) and `unipc` serve both, flow included.
 
+`precision` "bf16" runs the denoiser's calls under bf16 autocast when its weights are fp32 (the scheduler,
+text encoder and VAE stay fp32); a half-precision model runs as it is.
+
 `renoise` is a distilled few-step student's sampler (DMD2): at each of its `timesteps`
 it predicts x0, and re-noises it with fresh noise to the next; one model call per step, no guidance.
 
@@ -25,6 +28,7 @@ from ..training.objectives import noisy_and_target, predicted_x0
 
 
 SOLVERS = ("first_order", "dpmsolver++", "unipc", "renoise")
+PRECISIONS = ("fp32", "bf16")
 MULTISTEP = {"dpmsolver++": DPMSolverMultistepScheduler, "unipc": UniPCMultistepScheduler}
 
 
@@ -44,6 +48,13 @@ def inference_scheduler(backbone: Backbone, solver: str = "first_order"):
     return DDIMScheduler.from_config(train_cfg, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False)
 
 
+def denoiser_autocast(backbone: Backbone, precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown sampling precision {precision!r}; expected one of {PRECISIONS}")
+    on = precision == "bf16" and next(backbone.denoiser.parameters()).dtype == torch.float32
+    return torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=on)
+
+
 def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
@@ -60,7 +71,8 @@ def decode(backbone: Backbone, latents: torch.Tensor) -> np.ndarray:
 def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: int = 25,
              guidance_scale: float = 5.0, batch_size: int = 64,
              model_fn: Callable | None = None, progress: bool = True, desc: str = "sampling",
-             solver: str = "first_order", timesteps: list[int] | None = None, latents: bool = False) -> np.ndarray:
+             solver: str = "first_order", timesteps: list[int] | None = None, latents: bool = False,
+             precision: str = "fp32") -> np.ndarray:
     """Generate one image per (prompt, seed); returns uint8 (N, H, W, 3), or with `latents` the final latents
     before decoding, float32 (N, C, h, w) (DMP Table 5's structural statistics are computed on them).
 
@@ -70,8 +82,10 @@ def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: in
     if solver == "renoise":
         if not timesteps:
             raise ValueError("the renoise solver needs the student's timesteps")
-        return _generate_renoise(backbone, prompts, seeds, list(timesteps), batch_size, progress, desc, latents)
+        return _generate_renoise(backbone, prompts, seeds, list(timesteps), batch_size, progress, desc, latents,
+                                 precision)
     model_fn = model_fn or backbone.predict
+    autocast = denoiser_autocast(backbone, precision)
     device = backbone.device
     dtype = next(backbone.denoiser.parameters()).dtype
     # t-dependent text-encoder adapters: encode inside the loop, once the timestep is routed
@@ -94,7 +108,8 @@ def generate(backbone: Backbone, prompts: list[str], seeds: list[int], steps: in
             xin = torch.cat([x, x])
             if hasattr(sched, "scale_model_input"):
                 xin = sched.scale_model_input(xin, t)
-            pred = model_fn(xin, tt, cond).float()
+            with autocast:
+                pred = model_fn(xin, tt, cond).float()
             pu, pc = pred.chunk(2)
             x = sched.step(pu + guidance_scale * (pc - pu), t, x.float()).prev_sample.to(dtype)
         out.append(x.float().cpu().numpy() if latents else decode(backbone, x))
@@ -108,7 +123,8 @@ def step_noise(seeds: list[int], step: int, shape: tuple[int, int, int]) -> torc
 
 
 def _generate_renoise(backbone: Backbone, prompts, seeds, timesteps, batch_size, progress, desc,
-                      latents: bool = False) -> np.ndarray:
+                      latents: bool = False, precision: str = "fp32") -> np.ndarray:
+    autocast = denoiser_autocast(backbone, precision)
     device = backbone.device
     dtype = next(backbone.denoiser.parameters()).dtype
     sched, objective = backbone.noise_scheduler, backbone.objective
@@ -120,7 +136,9 @@ def _generate_renoise(backbone: Backbone, prompts, seeds, timesteps, batch_size,
         for k, t in enumerate(timesteps):
             tt = torch.full((len(p),), t, device=device)
             backbone.route(tt)
-            x0 = predicted_x0(sched, objective, x.float(), backbone.predict(x, tt, cond).float(), tt)
+            with autocast:
+                pred = backbone.predict(x, tt, cond).float()
+            x0 = predicted_x0(sched, objective, x.float(), pred, tt)
             if k + 1 < len(timesteps):
                 noise = step_noise(s, k + 1, backbone.latent_shape).to(device)
                 nxt = torch.full((len(p),), timesteps[k + 1], device=device)
