@@ -22,14 +22,19 @@ import hashlib
 import json
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
+
+import numpy as np
 
 import torch
 import yaml
 
 from signal_ladder import BINDING_CATEGORIES, ROOT, backbone_rungs, fmt
+from tsmflow.data import grammar as G
 from tsmflow.data.grammar import CATEGORIES
-from tsmflow.data.io import read_prompts, write_json
+from tsmflow.data.io import read_labels, read_prompts, write_json, write_labels
+from tsmflow.data.render import world_settings
 from tsmflow.evaluation.evaluator import ATTRS, load_evaluator
 from tsmflow.evaluation.signal import BINDING_OUTCOMES
 from tsmflow.models.backbone import load_mini_backbone
@@ -45,6 +50,21 @@ def merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) else v
     return out
+
+
+def recaption(labels_path: Path, cfg: dict, mention: dict, out: Path) -> None:
+    """The training split's scenes with captions drawn under other `data.mention` settings: render_split's own
+    per-image generator, whose last draws are the caption's, so every scene (and latent) stays as it is."""
+    d = cfg["data"]
+    ws = world_settings({**d, "mention": {**d["mention"], **mention}})
+    rows = read_labels(labels_path)
+    for i, r in enumerate(rows):
+        scene = G.pretrain_scene(np.random.default_rng([d["train"]["seed"], i]), cfg["resolution"], **ws)
+        if [asdict(o) for o in scene.objects] != r["objects"]:
+            raise ValueError(f"{labels_path}: scene {i} is not the one data.train renders")
+        r["caption"] = scene.caption
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_labels(out, rows)
 
 
 def markdown(records: dict) -> str:
@@ -89,6 +109,8 @@ def main() -> None:
     ap.add_argument("--vae", default=None, help="JSON overrides of the vae block: a variant VAE (needs --train)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default=None, help="continue pre-training from this saved denoiser (with --train)")
+    ap.add_argument("--captions", default=None,
+                    help="JSON overrides of data.mention: the same scenes re-captioned (needs --train)")
     args = ap.parse_args()
     path = OUT.with_suffix(".json")
     if args.markdown_only:
@@ -118,16 +140,24 @@ def main() -> None:
         if not latents.is_file():
             encode_latents(res / "data/train", vae, latents)
         t_vae = time.perf_counter() - t0
+    labels = res / "data/train/labels.jsonl"
+    if args.captions:
+        if not args.train:
+            ap.error("--captions needs --train: new captions need their own denoiser")
+        change["captions"] = json.loads(args.captions)
+        labels = res / "levers" / args.name / "labels.jsonl"
+        if not labels.is_file():
+            recaption(res / "data/train/labels.jsonl", cfg, change["captions"], labels)
     if args.train:
         over = json.loads(args.train)
         change["train"] = over
         if args.init:
             change["init"] = args.init
-        model = res / "levers" / args.name
+        model = res / "levers" / args.name / "model" if args.captions else res / "levers" / args.name
         if not (model / "config.json").is_file():
             t0 = time.perf_counter()
             pretrain_denoiser(args.backbone, merge(cfg["backbones"][args.backbone], over),
-                              latents, res / "data/train/labels.jsonl", vae, res / "models/text_encoder", model,
+                              latents, labels, vae, res / "models/text_encoder", model,
                               init_dir=ROOT / args.init if args.init else None)
             t_pre = time.perf_counter() - t0
     evaluator = load_evaluator(res / "models/evaluator")

@@ -117,3 +117,25 @@ def test_more_training_prompts_keep_the_validation_prompts(category):
 def test_compbench_split_too_many_prompts_is_a_clear_error():
     with pytest.raises(ValueError, match="distinct prompts"):
         G.compbench_split("texture", 400, 400, seed=0, rare_pairs=RARE, p_rare=0.5)
+
+
+def test_captions_that_leave_objects_unnamed_keep_the_scenes_and_name_what_they_state():
+    partial = {**WS, "mention": {**WS["mention"], "object": 0.3}}
+    full = scenes(300, seed=4)
+    some = [G.pretrain_scene(np.random.default_rng([4, i]), 32, **partial) for i in range(300)]
+    named, total = 0, 0
+    for f, s in zip(full, some):
+        assert [o for o in f.objects] == [o for o in s.objects]  # the caption is drawn last: same pixels
+        spec = G.parse(s.caption)
+        assert spec.objects[0]["shape"] == s.objects[0].shape  # the first object is always named
+        shapes = [o.shape for o in s.objects]
+        assert all(o["shape"] in shapes for o in spec.objects)
+        if len(spec.objects) < len(s.objects):
+            assert spec.relation is None  # a relation needs both of its objects named
+        named, total = named + len(spec.objects) - 1, total + len(s.objects) - 1
+    assert 0.2 < named / total < 0.4, named / total
+    # object: 1 is the default: every object named, and no extra draw that would change the captions
+    named_all = {**WS, "mention": {**WS["mention"], "object": 1.0}}
+    assert [s.caption for s in full] == [G.pretrain_scene(np.random.default_rng([4, i]), 32, **named_all).caption
+                                         for i in range(300)]
+    assert all(len(G.parse(s.caption).objects) == len(s.objects) for s in full)

@@ -115,16 +115,23 @@ def parse(prompt: str) -> PromptSpec:
 
 def caption_scene(scene: Scene, rng: np.random.Generator, mention: dict[str, float],
                   p_relation: float) -> PromptSpec:
-    """Write a (possibly partial) caption for a rendered scene, pre-training style."""
+    """Write a (possibly partial) caption for a rendered scene, pre-training style.
+
+    `mention["object"]` (default 1): the probability that an object after the first is named at all, as web
+    captions name what stands out and leave the rest unsaid; a relation needs both objects named."""
+    p_object = mention.get("object", 1.0)
     objs = []
-    for o in scene.objects:
+    for k, o in enumerate(scene.objects):
+        # drawn only when objects may go unnamed, so the default's captions keep their random stream
+        if k and p_object < 1 and rng.random() >= p_object:
+            continue
         d = {"shape": o.shape}
         for attr in ("size", "color", "texture"):
             if rng.random() < mention[attr]:
                 d[attr] = getattr(o, attr)
         objs.append(d)
     relation = None
-    if len(objs) == 2 and rng.random() < p_relation:
+    if len(objs) == 2 == len(scene.objects) and rng.random() < p_relation:
         a, b = scene.objects
         if a.size != b.size and rng.random() < 0.5:
             relation = (0, 1, "bigger" if a.size == "large" else "smaller")
