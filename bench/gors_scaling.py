@@ -87,7 +87,7 @@ def build_pool(bb_inputs, evaluator, cfg: dict, res: Path, pool: Path, n_prompts
     encode_latents(pool / "data", res / "models/vae", pool / "latents.safetensors")
 
 
-def subset(pool: Path, cfg: dict, res: Path, n_prompts: int, n_images: int, threshold: float, out: Path) -> dict:
+def subset(pool: Path, res: Path, n_prompts: int, n_images: int, threshold: float, out: Path) -> dict:
     """The setting's GORS data: latents and labels of the kept images, as the workflow writes them."""
     labels = read_labels(pool / "data/labels.jsonl")
     scores = pd.read_csv(pool / "data/scores.csv")
@@ -97,7 +97,8 @@ def subset(pool: Path, cfg: dict, res: Path, n_prompts: int, n_images: int, thre
         k = min(n_prompts, len(default_train[c]))
         if first[c][:k] != default_train[c][:k]:
             raise ValueError(f"{c}: the pool's training prompts do not start with the default's")
-    scores["in"] = [p in set(first[c]) and i < n_images for c, p, i in
+    chosen = {(c, p) for c, ps in first.items() for p in ps}
+    scores["in"] = [(c, p) in chosen and i < n_images for c, p, i in
                     zip(scores["category"], scores["prompt"], scores["idx"])]
     keep = select(scores[scores["in"]], {c: threshold for c in CATEGORIES})
     by_file = {f"images/{f}": r for f, r in zip(keep["file"], keep["reward"])}
@@ -191,7 +192,7 @@ def main() -> None:
         work = res / "bench/gors_scaling" / (f"{tag}_{setting.replace(':', '_')}_r{args.rank}"
                                              + ("_denoiser-only" if args.denoiser_only else ""))
         shutil.rmtree(work, ignore_errors=True)
-        data = subset(pool, cfg, res, p, i, thr, work / "data")
+        data = subset(pool, res, p, i, thr, work / "data")
         es = ExpertSet.parse(f"{args.backbone}-gors-n1-r{args.rank}-s{steps}")
         t1 = time.perf_counter()
         stats = train_expert(load_mini_backbone(*bb_inputs), es, 0, lora, work / "data/latents.safetensors",

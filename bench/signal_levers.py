@@ -26,7 +26,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-
 import torch
 import yaml
 

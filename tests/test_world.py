@@ -125,7 +125,7 @@ def test_captions_that_leave_objects_unnamed_keep_the_scenes_and_name_what_they_
     some = [G.pretrain_scene(np.random.default_rng([4, i]), 32, **partial) for i in range(300)]
     named, total = 0, 0
     for f, s in zip(full, some):
-        assert [o for o in f.objects] == [o for o in s.objects]  # the caption is drawn last: same pixels
+        assert f.objects == s.objects  # the caption is drawn last: same pixels
         spec = G.parse(s.caption)
         assert spec.objects[0]["shape"] == s.objects[0].shape  # the first object is always named
         shapes = [o.shape for o in s.objects]
