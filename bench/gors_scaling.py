@@ -132,14 +132,15 @@ def markdown(records: dict) -> str:
                      f"{g['base']:.2f} → {g['tuned']:.2f} | {g['diff']:+.2f} ± {g['se']:.2f} | {g['z']:+.1f} | "
                      f"{r['n_images']} | {r['train_s']:.0f} |")
     lines += ["", "Strict score per category (difference ± SE), and the kept images per category:", "",
-              "| setting | text-encoder LoRA | " + " | ".join(CATEGORIES) + " | kept (" + ", ".join(CATEGORIES) + ") |",
-              "|" + "---|" * (3 + len(CATEGORIES))]
+              "| setting | backbone | text-encoder LoRA | " + " | ".join(CATEGORIES) + " | kept ("
+              + ", ".join(CATEGORIES) + ") |",
+              "|" + "---|" * (4 + len(CATEGORIES))]
     for r in records.values():
         e = r["effect"]["product"]
-        lines.append(f"| {r['setting']} | {'yes' if r.get('text_encoder_lora', True) else 'no'} | "
+        lines.append(f"| {r['setting']} | {r['backbone']} | {'yes' if r.get('text_encoder_lora', True) else 'no'} | "
                      + " | ".join(f"{e[c]['diff']:+.1f} ± {e[c]['se']:.1f}" for c in CATEGORIES)
                      + " | " + ", ".join(str(r["data"]["kept_per_category"][c]) for c in CATEGORIES) + " |")
-    lines += ["", "Runs: " + "; ".join(f"{r['setting']} at {r['commit']} ({r['machine']}, {r['threads']} threads)"
+    lines += ["", "Runs: " + "; ".join(f"{r['setting']} ({r['backbone']}) at {r['commit']} ({r['machine']}, {r['threads']} threads)"
                                        for r in records.values()) + ".", ""]
     return "\n".join(lines)
 
