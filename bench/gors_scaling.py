@@ -140,8 +140,9 @@ def markdown(records: dict) -> str:
         lines.append(f"| {r['setting']} | {r['backbone']} | {'yes' if r.get('text_encoder_lora', True) else 'no'} | "
                      + " | ".join(f"{e[c]['diff']:+.1f} ± {e[c]['se']:.1f}" for c in CATEGORIES)
                      + " | " + ", ".join(str(r["data"]["kept_per_category"][c]) for c in CATEGORIES) + " |")
-    lines += ["", "Runs: " + "; ".join(f"{r['setting']} ({r['backbone']}) at {r['commit']} ({r['machine']}, {r['threads']} threads)"
-                                       for r in records.values()) + ".", ""]
+    runs = [f"{r['setting']} ({r['backbone']}) at {r['commit']} ({r['machine']}, {r['threads']} threads)"
+            for r in records.values()]
+    lines += ["", "Runs: " + "; ".join(runs) + ".", ""]
     return "\n".join(lines)
 
 
