@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test venv smoke lint clean-results
+.PHONY: run part publish-index test venv smoke lint clean-results
 
 venv: $(STAMP)
 
@@ -21,7 +21,18 @@ $(STAMP): requirements.txt pyproject.toml
 
 # The main job: the whole DAG on the embedded default config, local profile, then docs/results/ from it.
 run: $(STAMP)
-	$(BIN)/snakemake all docs/results
+	$(BIN)/snakemake all publish_parts
+	$(MAKE) publish-index
+
+# One part of the tables (config key parts), run and published on its own: `make part PART=tsm`.
+part: $(STAMP)
+	$(if $(PART),,$(error PART is not set: make part PART=<a name under config key parts>))
+	$(BIN)/snakemake docs/results/$(PART)
+	$(MAKE) publish-index
+
+# docs/results/README.md and claims.md over the parts published so far (from any runs).
+publish-index: $(STAMP)
+	$(BIN)/snakemake docs/results/README.md --forcerun publish_index
 
 # The test suite: unit tests plus the smoke workflow end to end.
 test: $(STAMP)

@@ -113,6 +113,30 @@ for _claim, _decl in CLAIMS.items():
                 raise ValueError(f"config key claims.{_claim}.{_side}: run {_r!r} is FID-only (evaluate: [fid]) but "
                                  f"the claim's metric is {_decl['metric']}")
 
+# Parts: the tables in groups, each a target of its own that fits one session's run (docs/results/<part>). Every
+# table is in one part; a claim goes to the first part whose tables hold all its runs. Without `parts`, one part.
+PARTS = config.get("parts") or {"all": list(TABLES)}
+_part_of = {}
+for _part, _tables in PARTS.items():
+    for _t in _tables:
+        if _t not in TABLES:
+            raise ValueError(f"config key parts.{_part}: table {_t!r} is not declared under tables")
+        if _t in _part_of:
+            raise ValueError(f"config key parts.{_part}: table {_t!r} is already in part {_part_of[_t]!r}")
+        _part_of[_t] = _part
+_unparted = [t for t in TABLES if t not in _part_of]
+if _unparted:
+    raise ValueError(f"config key parts: tables {_unparted} are in no part")
+PART_CLAIMS = {p: [] for p in PARTS}
+for _claim, _decl in CLAIMS.items():
+    _need = {r for _side in ("ours", "baseline") for r in _decl[_side]["runs"]}
+    _home = next((p for p, ts in PARTS.items()
+                  if _need <= {r for t in ts for row in TABLES[t]["rows"] for r in (row.get("runs") or [row["run"]])}),
+                 None)
+    if _home is None:
+        raise ValueError(f"config key claims.{_claim}: no part's tables hold all its runs {sorted(_need)}")
+    PART_CLAIMS[_home].append(_claim)
+
 
 _inception = config["evaluation"]["fid"].get("inception_weights")
 if _inception and not os.path.isfile(_inception):
@@ -124,6 +148,7 @@ wildcard_constraints:
     backbone="|".join(BACKBONES),
     run="|".join(RUNS),
     table="|".join(TABLES),
+    part="|".join(PARTS),
     feature_space="shapes|patch|inception",
     expert_set=EXPERT_SET,
     interval=r"\d+",
@@ -368,12 +393,23 @@ def get_table_runs(table):
 PUBLISHED = "docs/results"
 
 
-def get_published_inputs(wildcards):
-    """What docs/results/ publishes, by its name there: every table (md, csv), the claims page, the table plots."""
-    files = {f"tables/{t}.{ext}": f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("md", "csv")}
-    if CLAIMS:
-        files.update({"claims.md": f"{RESULTS}/tables/claims.md", "claims.csv": f"{RESULTS}/tables/claims.csv"})
-    plots = [p for p in get_final_outputs() if p.startswith(f"{RESULTS}/plots/")]
+def get_part_claims(part):
+    return {c: CLAIMS[c] for c in PART_CLAIMS[part]}
+
+
+def get_part_claims_metrics(wildcards):
+    runs = {r for c in get_part_claims(wildcards.part).values() for side in ("ours", "baseline") for r in c[side]["runs"]}
+    return {run: get_run_path(run, "metrics.json") for run in sorted(runs)}
+
+
+def get_part_inputs(wildcards):
+    """What docs/results/<part>/ publishes, by its name there: the part's tables (md, csv), its claims, its plots."""
+    tables = PARTS[wildcards.part]
+    files = {f"tables/{t}.{ext}": f"{RESULTS}/tables/{t}.{ext}" for t in tables for ext in ("md", "csv")}
+    if PART_CLAIMS[wildcards.part]:
+        files.update({f"claims.{ext}": f"{RESULTS}/parts/{wildcards.part}/claims.{ext}" for ext in ("md", "csv")})
+    plots = [p for p in get_final_outputs() if p.startswith(f"{RESULTS}/plots/")
+             and any(os.path.basename(p).startswith(f"{t}_") for t in tables)]
     files.update({f"plots/{os.path.basename(p)}": p for p in plots})
     return files
 
@@ -383,10 +419,10 @@ def get_config_hash():
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def get_run_command():
-    """The command that builds this DAG, with config files relative to the workflow (the same on every machine)."""
+def get_run_command(*targets):
+    """The command that builds `targets`, with config files relative to the workflow (the same on every machine)."""
     files = [os.path.relpath(f, workflow.basedir) for f in workflow.config_settings.configfiles]
-    return " ".join(["snakemake", *(["--configfile", *files] if files else [])])
+    return " ".join(["snakemake", *(["--configfile", *files] if files else []), *targets])
 
 
 def get_claims_metrics(wildcards):

@@ -50,29 +50,75 @@ rule make_claims:
         "../scripts/make_claims.py"
 
 
-# docs/results/: the run's tables, claims and key plots, each under a provenance line (commit, config hash,
-# machine, wall time, command). It reads only results/; `make run` asks for it after `all`, and
-# `git add docs/results` publishes a default run.
-rule publish_results:
+# One part's claims (config key parts): the claims page of the runs that part's tables hold.
+rule make_part_claims:
     input:
-        unpack(get_published_inputs),
+        unpack(get_part_claims_metrics),
     output:
-        directory(PUBLISHED),
+        csv=f"{RESULTS}/parts/{{part}}/claims.csv",
+        md=f"{RESULTS}/parts/{{part}}/claims.md",
     params:
-        config_hash=get_config_hash(),
-        command=get_run_command(),
-        repo=workflow.basedir,
-        # the jobs' start and end times, for the run's wall time (read, not tracked: they change every run)
-        benchmarks=f"{RESULTS}/benchmarks",
+        claims=lambda wc: get_part_claims(wc.part),
     log:
-        get_log("publish_results"),
+        get_log("make_part_claims", "{part}"),
     benchmark:
-        get_benchmark("publish_results")
+        get_benchmark("make_part_claims", "{part}")
     threads: 1
     conda:
         "../envs/workflow.yaml"
     script:
-        "../scripts/publish_results.py"
+        "../scripts/make_claims.py"
+
+
+# docs/results/<part>/: one part's tables, claims and table plots, each under a provenance line (commit, config
+# hash, machine, wall time, the command that builds the part). It reads only results/, so each part publishes from
+# its own run; `git add docs/results` publishes it.
+rule publish_part:
+    input:
+        unpack(get_part_inputs),
+    output:
+        directory(f"{PUBLISHED}/{{part}}"),
+    params:
+        config_hash=get_config_hash(),
+        command=lambda wc: get_run_command(f"{PUBLISHED}/{wc.part}"),
+        repo=workflow.basedir,
+        # the jobs' start and end times, for the run's wall time (read, not tracked: they change every run)
+        benchmarks=f"{RESULTS}/benchmarks",
+    log:
+        get_log("publish_part", "{part}"),
+    benchmark:
+        get_benchmark("publish_part", "{part}")
+    threads: 1
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/publish_part.py"
+
+
+# Every part, for `make run` (a whole default run); the folder's index then comes from `publish_index`.
+rule publish_parts:
+    input:
+        expand(f"{PUBLISHED}/{{part}}", part=PARTS),
+
+
+# docs/results/README.md and claims.md: the published parts as they are on disk, each with its own provenance, and
+# the declared parts not published yet. It reads docs/results/ only, so parts from different runs join one index;
+# Snakemake cannot see those folders as inputs, so `make publish-index` forces it.
+rule publish_index:
+    output:
+        index=f"{PUBLISHED}/README.md",
+        claims=f"{PUBLISHED}/claims.md",
+    params:
+        docs=lambda wc, output: os.path.dirname(output.index),
+        parts={p: {"tables": PARTS[p], "claims": PART_CLAIMS[p]} for p in PARTS},
+        command=get_run_command(f"{PUBLISHED}/README.md", "--forcerun", "publish_index"),
+    log:
+        get_log("publish_index"),
+    threads: 1
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/publish_index.py"
 
 
 rule plot_table_categories:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from tsmflow.data.grammar import CATEGORIES
 from tsmflow.reporting.claims import build_claims, group_stats, run_value, verdict, write_claims
-from tsmflow.reporting.publish import provenance, publish, wall_span, write_index
+from tsmflow.reporting.publish import provenance, publish, wall_span, write_index, write_site
 from tsmflow.reporting.tables import PAPER_DIR
 
 
@@ -20,6 +20,13 @@ METRICS = {"t0": cb_run(30.0), "t1": cb_run(32.0), "t2": cb_run(34.0),  # mean 3
            "l0": cb_run(20.0), "l1": cb_run(21.0), "l2": cb_run(22.0),  # mean 21, std 1
            "a": {"fid": 1.00, "fid_se": 0.10}, "b": {"fid": 1.05, "fid_se": 0.10}, "c": {"fid": 2.0, "fid_se": 0.1}}
 T4 = {"paper_table": "tsm_table4", "metric": "compbench_mean", "better": "higher"}
+CLAIMS_DECL = {
+    "tsm2_vs_lora": {**T4, "claim": "TSM 2-stage beats vanilla LoRA",
+                     "ours": {"runs": ["t0", "t1", "t2"], "paper_block": "SD1.5 UNet", "paper_row": "TSM 2-stage"},
+                     "baseline": {"runs": ["l0", "l1", "l2"], "paper_block": "SD1.5 UNet", "paper_row": "Vanilla LoRA"}},
+    "fid": {"paper_table": "deme_supp_table1", "metric": "fid", "better": "lower", "claim": "merge helps",
+            "ours": {"runs": ["a"]}, "baseline": {"runs": ["b"]}},
+}
 
 
 def test_run_value_averages_six_categories_and_their_se():
@@ -47,13 +54,7 @@ def test_verdicts_follow_the_stated_test():
 
 
 def test_claims_page_has_paper_numbers_ours_and_verdicts(tmp_path):
-    decls = {"tsm2_vs_lora": {**T4, "claim": "TSM 2-stage beats vanilla LoRA",
-                              "ours": {"runs": ["t0", "t1", "t2"], "paper_block": "SD1.5 UNet", "paper_row": "TSM 2-stage"},
-                              "baseline": {"runs": ["l0", "l1", "l2"], "paper_block": "SD1.5 UNet",
-                                           "paper_row": "Vanilla LoRA"}},
-             "fid": {"paper_table": "deme_supp_table1", "metric": "fid", "better": "lower", "claim": "merge helps",
-                     "ours": {"runs": ["a"]}, "baseline": {"runs": ["b"]}}}
-    df = build_claims(decls, METRICS)
+    df = build_claims(CLAIMS_DECL, METRICS)
     # the paper's six-category means, computed here straight from the transcribed CSV
     paper = pd.read_csv(PAPER_DIR / "tsm_table4.csv", dtype=str, keep_default_na=False)
     six = {"Color", "Shape", "Texture", "Spatial", "Non-Spatial", "Complex"}
@@ -74,7 +75,7 @@ def test_claims_page_has_paper_numbers_ours_and_verdicts(tmp_path):
 
 
 def test_wall_span_from_benchmark_files(tmp_path):
-    for rule, end, s in [("a", 1000.0, 100.0), ("b", 1500.0, 50.0), ("publish_results", 9000.0, 1.0)]:
+    for rule, end, s in [("a", 1000.0, 100.0), ("b", 1500.0, 50.0), ("publish_part", 9000.0, 1.0)]:
         f = tmp_path / rule / "x.tsv"
         f.parent.mkdir()
         f.write_text(f"s\th:m:s\n{s}\t0:00:00\n")
@@ -100,3 +101,24 @@ def test_publish_copies_under_a_provenance_line(tmp_path):
     with Image.open(out / "plots/p.png") as im:
         assert im.text["provenance"] == line and im.getpixel((0, 0)) == (255, 0, 0)
     assert "[t](tables/t.md)" in (out / "README.md").read_text()
+
+
+def test_site_index_joins_published_parts_and_lists_the_rest(tmp_path):
+    """Parts published by different runs keep their own provenance on the index and the one claims page; a declared
+    part not published yet is listed with the command that publishes it."""
+    line = provenance("abc123", "cafe", "x86_64, 2 CPUs, no GPU", 42.0, "snakemake docs/results/tsm")
+    part = tmp_path / "tsm"
+    part.mkdir()
+    write_index(part, publish({}, part, line), line)
+    write_claims(build_claims(CLAIMS_DECL, METRICS), tmp_path / "c.csv", tmp_path / "c.md")
+    (part / "claims.md").write_text(f"> {line}\n\n" + (tmp_path / "c.md").read_text())
+    parts = {"tsm": {"tables": ["tsm_table4"], "claims": list(CLAIMS_DECL)},
+             "dmp": {"tables": ["dmp_table2"], "claims": ["dmp_vs_full_dit"]}}
+    published = write_site(tmp_path, parts, tmp_path / "README.md", tmp_path / "claims.md")
+    assert published == ["tsm"]
+    index = (tmp_path / "README.md").read_text()
+    assert line in index and "[tsm_table4](tsm/tables/tsm_table4.md)" in index
+    assert "Not published yet: `snakemake docs/results/dmp`" in index
+    claims = (tmp_path / "claims.md").read_text()
+    assert claims.count("# Claims of the papers") == 1 and line in claims and "2 claims: 1 holds" in claims
+    assert "dmp_vs_full_dit" in claims.split("## dmp")[1] and "Not published yet (1 claims" in claims

@@ -42,6 +42,18 @@ def test_object_count_probabilities_must_sum_to_one(snakemake_bin, root, tmp_pat
     assert r.returncode != 0 and "data.n_objects_p must sum to 1" in r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["parts"]["tsm"].append("no_such_table"), "parts.tsm: table 'no_such_table' is not declared"),
+    (lambda c: c["parts"]["others"].append("tsm_table4"), "table 'tsm_table4' is already in part"),
+    (lambda c: c["parts"]["others"].remove("dmp_table1"), "tables ['dmp_table1'] are in no part"),
+    (lambda c: c["claims"].update(split={**c["claims"]["dmp_vs_full_dit"], "baseline": {"runs": ["tsm2_unet"]}}),
+     "claims.split: no part's tables hold all its runs"),
+])
+def test_parts_hold_every_table_once_and_every_claim(snakemake_bin, root, tmp_path, mutate, message):
+    r = dry_run(snakemake_bin, root, tmp_path, mutate)
+    assert r.returncode != 0 and message in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+
+
 def test_full_config_is_an_overlay_of_the_default(snakemake_bin, root, tmp_path):
     """config/full.yaml merges key by key into the default: a valid config, larger sizes, 2-thread jobs."""
     default, full = (yaml.safe_load((root / f"config/{n}.yaml").read_text()) for n in ("config", "full"))
@@ -196,7 +208,7 @@ def test_parsing_the_workflow_imports_neither_torch_nor_diffusers(root):
     assert len(lines) >= 4 and not heavy, f"parsing imports {heavy} via {lines}"
 
 
-@pytest.mark.parametrize("script", ["make_table", "make_claims", "publish_results", "plot_table", "real_table",
+@pytest.mark.parametrize("script", ["make_table", "make_claims", "publish_part", "publish_index", "plot_table", "real_table",
                                     "plot_training_curves", "plot_score_vs_n", "plot_fid_vs_steps",
                                     "plot_deme_sensitivity", "plot_deme_cosine", "plot_weight_change",
                                     "foundation_summary", "data_coverage"])

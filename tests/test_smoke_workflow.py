@@ -198,31 +198,39 @@ def test_report_gathers_tables_and_images(smoke, snakemake_bin, root):
         assert needle in html, needle
 
 
-def test_published_results_are_the_run_s_tables_byte_for_byte(smoke, snakemake_bin, root):
-    """docs/results/ holds every table and the claims page as results/ has them, under one provenance line, and
-    rule publish_results regenerates it byte for byte."""
+def test_published_parts_are_the_run_s_tables_byte_for_byte(smoke, snakemake_bin, root):
+    """docs/results/<part>/ holds the part's tables and claims as results/ has them, under one provenance line naming
+    the command that builds the part; rule publish_part regenerates it byte for byte; the index joins the parts."""
     res, docs = smoke / "results", smoke / "docs/results"
-    r = run(snakemake_bin, root, smoke, "docs/results")  # a target of its own, after `all`
+    r = run(snakemake_bin, root, smoke, "publish_parts")  # targets of their own, after `all`
     assert r.returncode == 0, r.stderr[-3000:]
-    line = (docs / "README.md").read_text().splitlines()[2]
-    assert "commit " in line and "config " in line and "CPUs" in line and "wall time" in line
-    assert "command `snakemake --configfile config/smoke.yaml`" in line
-    tables = sorted(res.glob("tables/*.md"))
-    assert len(tables) == 9 and (res / "tables/claims.md") in tables  # 8 declared tables + the claims page
-    for t in tables:
-        name = "claims.md" if t.stem == "claims" else f"tables/{t.name}"
-        assert (docs / name).read_bytes() == f"> {line}\n\n".encode() + t.read_bytes(), name
-        csv = t.with_suffix(".csv")
-        assert (docs / name).with_suffix(".csv").read_bytes() == f"# {line}\n".encode() + csv.read_bytes()
-    with Image.open(docs / "plots/base_models_categories.png") as im:
-        assert im.text["provenance"] == line
-    claims = (res / "tables/claims.csv").read_text()
-    assert "tsm2_vs_tsm1_unet" in claims and "dmp_vs_full_dit" in claims
+    parts = yaml.safe_load((root / "config/smoke.yaml").read_text())["parts"]
+    for part, tables in parts.items():
+        line = (docs / part / "README.md").read_text().splitlines()[2]
+        assert "commit " in line and "config " in line and "CPUs" in line and "wall time" in line
+        assert f"command `snakemake --configfile config/smoke.yaml docs/results/{part}`" in line
+        published = sorted((docs / part / "tables").glob("*.md"))
+        assert [t.stem for t in published] == sorted(tables)
+        for t in published:
+            assert t.read_bytes() == f"> {line}\n\n".encode() + (res / "tables" / t.name).read_bytes(), t
+            assert t.with_suffix(".csv").read_bytes() == f"# {line}\n".encode() + (
+                res / "tables" / t.name).with_suffix(".csv").read_bytes()
+        claims = docs / part / "claims.md"
+        assert claims.read_bytes() == f"> {line}\n\n".encode() + (res / "parts" / part / "claims.md").read_bytes()
+    with Image.open(docs / "tsm/plots/base_models_categories.png") as im:
+        assert im.text["provenance"] == (docs / "tsm/README.md").read_text().splitlines()[2]
+    assert "tsm2_vs_tsm1_unet" in (docs / "tsm/claims.md").read_text()
+    assert "dmp_vs_full_dit" in (docs / "others/claims.md").read_text()
     before = {p.relative_to(docs): p.read_bytes() for p in docs.rglob("*") if p.is_file()}
-    r = run(snakemake_bin, root, smoke, "docs/results", "--forcerun", "publish_results")
-    assert r.returncode == 0 and "publish_results" in r.stdout + r.stderr, r.stderr[-3000:]
+    r = run(snakemake_bin, root, smoke, "publish_parts", "--forcerun", "publish_part")
+    assert r.returncode == 0 and "publish_part" in r.stdout + r.stderr, r.stderr[-3000:]
     after = {p.relative_to(docs): p.read_bytes() for p in docs.rglob("*") if p.is_file()}
     assert after == before
+    r = run(snakemake_bin, root, smoke, "docs/results/README.md", "--forcerun", "publish_index")
+    assert r.returncode == 0, r.stderr[-3000:]
+    index, claims = (docs / "README.md").read_text(), (docs / "claims.md").read_text()
+    assert "Not published yet" not in index and "[claims](tsm/claims.md)" in index
+    assert "tsm2_vs_tsm1_unet" in claims and "dmp_vs_full_dit" in claims
 
 
 def test_rerun_has_nothing_to_do(smoke, snakemake_bin, root):

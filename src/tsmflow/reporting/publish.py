@@ -1,5 +1,6 @@
-"""The published results folder (docs/results/): every table, the claims page and the key plots of one run, each
-naming where it came from: the commit, the config hash, the machine, the run's wall time and the command.
+"""The published results folder (docs/results/): per part (a group of tables that runs on its own), the tables, its
+claims and the table plots, each naming where it came from: the commit, the config hash, the machine, the run's
+wall time and the command that builds the part; then one index and one claims page over the published parts.
 
 Tables are copied byte for byte below one provenance line, so a published table can be checked against the
 results/ it was made from; plots carry the same line as a PNG text chunk. Nothing here computes a number.
@@ -14,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
+
+from tsmflow.data.io import atomic_path
 
 
 def git_commit(repo) -> str:
@@ -36,12 +39,13 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, {', '.join(gpus) or 'no GPU'}"
 
 
-def wall_span(benchmark_dir, exclude: str = "publish_results") -> float | None:
+def wall_span(benchmark_dir, exclude: str = "publish_") -> float | None:
     """Seconds from the first job's start to the last job's end, from Snakemake's benchmark files: each is written
-    when its job ends (its mtime) and holds the job's wall seconds (`s`). A run resumed later spans the pause too."""
+    when its job ends (its mtime) and holds the job's wall seconds (`s`). Publishing jobs (rules named `exclude`...)
+    are left out. A run resumed later spans the pause too."""
     starts, ends = [], []
     for f in Path(benchmark_dir).rglob("*.tsv"):
-        if f.parent.name == exclude:
+        if f.parent.name.startswith(exclude):
             continue
         with open(f, newline="") as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
@@ -55,7 +59,7 @@ def wall_span(benchmark_dir, exclude: str = "publish_results") -> float | None:
 
 def provenance(commit: str, config_hash: str, machine_name: str, wall_s: float | None, command: str) -> str:
     wall = f"{wall_s:.0f} s" if wall_s is not None else "unknown"
-    return (f"Published by rule publish_results from results/: commit {commit}, config {config_hash}, "
+    return (f"Published by rule publish_part from results/: commit {commit}, config {config_hash}, "
             f"machine {machine_name}, run wall time {wall} (first job start to last job end), command `{command}`.")
 
 
@@ -87,7 +91,49 @@ def write_index(out_dir, names: list[str], line: str) -> None:
     tables = [n for n in names if n.endswith(".md")]
     plots = [n for n in names if n.endswith(".png")]
     text = ["# Published results", "", line, "",
-            "Regenerate: run the workflow (`make run`); rule `publish_results` rewrites this folder from `results/`.",
+            "Regenerate: the command above; rule `publish_part` rewrites this folder from `results/`.",
             "", "## Tables", "", *[f"- [{Path(n).stem}]({n})" for n in tables], "", "## Plots", "",
             *[f"- [{Path(n).stem}]({n})" for n in plots], ""]
     (Path(out_dir) / "README.md").write_text("\n".join(text))
+
+
+def part_provenance(part_dir) -> str | None:
+    """The provenance line of a published part (its README's third line), or None where it is not published."""
+    index = Path(part_dir) / "README.md"
+    return index.read_text().splitlines()[2] if index.is_file() else None
+
+
+def write_site(docs_dir, parts: dict[str, dict], index_path, claims_path) -> list[str]:
+    """The folder's index and its one claims page, from the parts published under docs_dir: each part with its own
+    provenance line (parts may come from different runs), and every declared part not published yet, with the
+    command that publishes it. `parts`: name -> {"tables": [...], "claims": [...]}. Returns the published parts."""
+    docs = Path(docs_dir)
+    published = [p for p in parts if part_provenance(docs / p)]
+    index = ["# Published results", "",
+             "One folder per part of the workflow's tables (config key `parts`); each part is published by its own "
+             "run and names it on every file. Claims of all published parts: [claims.md](claims.md).", ""]
+    claims = ["# Claims of the papers, tested in the miniature", "",
+              "Per part, as published under docs/results/<part>/; each part names its own run.", ""]
+    for name, decl in parts.items():
+        line = part_provenance(docs / name)
+        index += [f"## {name}", ""]
+        if line is None:
+            index += [f"Not published yet: `snakemake docs/results/{name}`. Tables: {', '.join(decl['tables'])}.", ""]
+        else:
+            index += [line, "", *[f"- [{t}]({name}/tables/{t}.md)" for t in decl["tables"]],
+                      *([f"- [claims]({name}/claims.md)"] if decl["claims"] else []), ""]
+        if not decl["claims"]:
+            continue
+        claims += [f"## {name}", ""]
+        part_claims = docs / name / "claims.md"
+        if line is None or not part_claims.is_file():
+            claims += [f"Not published yet ({len(decl['claims'])} claims: {', '.join(decl['claims'])}): "
+                       f"`snakemake docs/results/{name}`.", ""]
+        else:
+            body = part_claims.read_text().split("\n\n", 1)[1]  # below its provenance line
+            claims += [line, "", body.replace("## Claims of the papers, tested in the miniature\n\n", "", 1).rstrip(),
+                       ""]
+    for path, text in ((index_path, index), (claims_path, claims)):
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join(text))
+    return published

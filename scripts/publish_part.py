@@ -1,4 +1,4 @@
-"""docs/results/: the run's tables, claims page and key plots, each under one provenance line, and an index."""
+"""docs/results/<part>/: one part's tables, claims and table plots, each under one provenance line, and an index."""
 from tsmflow.data.io import atomic_dir
 from tsmflow.reporting.publish import git_commit, machine, provenance, publish, wall_span, write_index
 from tsmflow.workflow import setup
