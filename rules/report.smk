@@ -111,7 +111,6 @@ rule publish_index:
     params:
         docs=lambda wc, output: os.path.dirname(output.index),
         parts={p: {"tables": PARTS[p], "claims": PART_CLAIMS[p]} for p in PARTS},
-        command=get_run_command(f"{PUBLISHED}/README.md", "--forcerun", "publish_index"),
     log:
         get_log("publish_index"),
     threads: 1
