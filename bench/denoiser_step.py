@@ -2,10 +2,12 @@
 not depend on them), a sampling call (CFG batch, no grad) and a training step (forward, backward, AdamW), in fp32
 and under bf16 autocast, on 1 thread (the default run's jobs each take one).
 
-    .venv/bin/python bench/denoiser_step.py [--config config/config.yaml] [--threads 1] [--repeats 5]
+    .venv/bin/python bench/denoiser_step.py [--config config/config.yaml] [--threads 1] [--repeats 5] [--out NAME]
 
 `--unet-heads-as-count` also builds the unet as before a5ec281, when diffusers read the config's head width as a
-head count, to measure that fix. Writes bench/results/denoiser_step.{json,md}; times are medians, in ms.
+head count, to measure that fix. Writes bench/results/<NAME>.{json,md} (default denoiser_step); times are medians,
+in ms. The machine line names the CPU and whether oneDNN has native bf16 (AVX512-BF16 or AMX): without it, bf16
+autocast is emulated.
 """
 from __future__ import annotations
 
@@ -24,7 +26,13 @@ from tsmflow.models.mini import build_denoiser
 from tsmflow.reporting.publish import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench/results/denoiser_step"
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -64,7 +72,7 @@ def measure(arch: str, model, text_dim: int, latent: tuple, batch: int, repeats:
 
 def markdown(r: dict) -> str:
     lines = ["# One denoiser call", "",
-             f"Made by `bench/denoiser_step.py --config {r['config']} --threads {r['threads']}` at commit "
+             f"Made by `bench/denoiser_step.py --config {r['config']} --threads {r['threads']} --out {r['out']}` at commit "
              f"{r['commit']} ({r['machine']}, {r['threads']} thread(s)). Sampling: one classifier-free-guidance call "
              f"on {2 * r['batch']} latents (a batch of {r['batch']} images), no grad. Training: forward, backward and "
              f"AdamW on {r['batch']} latents, all parameters trainable. Median of {r['repeats']} repeats, ms.", "",
@@ -85,7 +93,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--unet-heads-as-count", action="store_true")
+    ap.add_argument("--out", default="denoiser_step", help="file name under bench/results/, without suffix")
     args = ap.parse_args()
+    out = ROOT / "bench/results" / args.out
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = yaml.safe_load((ROOT / args.config).read_text())
@@ -104,15 +114,17 @@ def main() -> None:
                     for a in (tb.attn1, tb.attn2):
                         a.heads = cfg["backbones"]["unet"]["arch"]["head_dim"]
         models["unet (heads as count, before a5ec281)"] = old
-    rec = {"commit": git_commit(ROOT), "machine": f"{platform.machine()} CPU, no GPU", "threads": args.threads,
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    rec = {"commit": git_commit(ROOT), "threads": args.threads, "out": args.out,
+           "machine": f"{platform.machine()} CPU ({cpu_name()}, native bf16: {'yes' if native else 'no'}), no GPU",
            "config": args.config, "batch": args.batch, "repeats": args.repeats, "latent": list(latent), "models": {}}
     for name, model in models.items():
         arch = name.split()[0]
         rec["models"][name] = {"params": sum(p.numel() for p in model.parameters()),
                                **measure(arch, model, text_dim, latent, args.batch, args.repeats)}
         print(name, rec["models"][name], flush=True)
-    write_json(OUT.with_suffix(".json"), rec)
-    OUT.with_suffix(".md").write_text(markdown(rec))
+    write_json(out.with_suffix(".json"), rec)
+    out.with_suffix(".md").write_text(markdown(rec))
     print(markdown(rec))
 
 
