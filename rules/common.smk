@@ -113,6 +113,10 @@ for _claim, _decl in CLAIMS.items():
                 raise ValueError(f"config key claims.{_claim}.{_side}: run {_r!r} is FID-only (evaluate: [fid]) but "
                                  f"the claim's metric is {_decl['metric']}")
 
+def get_table_runs(table):
+    return list(dict.fromkeys(r for row in TABLES[table]["rows"] for r in (row.get("runs") or [row["run"]])))
+
+
 # Parts: the tables in groups, each a target of its own that fits one session's run (docs/results/<part>). Every
 # table is in one part; a claim goes to the first part whose tables hold all its runs. Without `parts`, one part.
 PARTS = config.get("parts") or {"all": list(TABLES)}
@@ -128,11 +132,10 @@ _unparted = [t for t in TABLES if t not in _part_of]
 if _unparted:
     raise ValueError(f"config key parts: tables {_unparted} are in no part")
 PART_CLAIMS = {p: [] for p in PARTS}
+_part_runs = {p: {r for t in ts for r in get_table_runs(t)} for p, ts in PARTS.items()}
 for _claim, _decl in CLAIMS.items():
     _need = {r for _side in ("ours", "baseline") for r in _decl[_side]["runs"]}
-    _home = next((p for p, ts in PARTS.items()
-                  if _need <= {r for t in ts for row in TABLES[t]["rows"] for r in (row.get("runs") or [row["run"]])}),
-                 None)
+    _home = next((p for p, runs in _part_runs.items() if _need <= runs), None)
     if _home is None:
         raise ValueError(f"config key claims.{_claim}: no part's tables hold all its runs {sorted(_need)}")
     PART_CLAIMS[_home].append(_claim)
@@ -384,10 +387,6 @@ def get_fid_reference():
     return f"{RESULTS}/evaluator/fid_reference_{config['evaluation']['fid']['feature_space']}.npz"
 
 
-def get_table_runs(table):
-    return list(dict.fromkeys(r for row in TABLES[table]["rows"] for r in (row.get("runs") or [row["run"]])))
-
-
 # outside results/ (git-ignored, under DVC) and outside the default target, publishing is a target of its own
 # (`make run` asks for it), so results/ stays complete without it
 PUBLISHED = "docs/results"
@@ -398,8 +397,7 @@ def get_part_claims(part):
 
 
 def get_part_claims_metrics(wildcards):
-    runs = {r for c in get_part_claims(wildcards.part).values() for side in ("ours", "baseline") for r in c[side]["runs"]}
-    return {run: get_run_path(run, "metrics.json") for run in sorted(runs)}
+    return claims_metrics(get_part_claims(wildcards.part))
 
 
 def get_part_inputs(wildcards):
@@ -425,9 +423,14 @@ def get_run_command(*targets):
     return " ".join(["snakemake", *(["--configfile", *files] if files else []), *targets])
 
 
-def get_claims_metrics(wildcards):
-    runs = {r for c in CLAIMS.values() for side in ("ours", "baseline") for r in c[side]["runs"]}
+def claims_metrics(claims):
+    """Each run's metrics.json, for the runs of `claims` (either side)."""
+    runs = {r for c in claims.values() for side in ("ours", "baseline") for r in c[side]["runs"]}
     return {run: get_run_path(run, "metrics.json") for run in sorted(runs)}
+
+
+def get_claims_metrics(wildcards):
+    return claims_metrics(CLAIMS)
 
 
 def get_table_metrics(wildcards):

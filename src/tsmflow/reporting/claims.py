@@ -18,6 +18,7 @@ from ..evaluation.stats import mean_se
 from .tables import METRIC_LABEL, PAPER_DIR, load_paper_table, paper_value
 
 Z = 2.0
+HEADING = "## Claims of the papers, tested in the miniature"  # the page's first line (publish_index drops it)
 TEST = (f"d = mean(ours) - mean(baseline), signed so that d > 0 is the paper's direction; SE(d) = sqrt(v_ours + "
         "v_baseline), where a group of n >= 2 seeds adds its variance over seeds / n and a single run its own "
         "squared standard error (CompBench-mini: prompts as the sampling unit; FID: bootstrap over samples). "
@@ -123,7 +124,7 @@ def write_claims(df: pd.DataFrame, csv_path, md_path) -> None:
     cols = ["statement", "paper table", "paper rows", "metric", "paper: ours", "paper: baseline", "paper: d", "ours",
             "baseline", "d ± SE", "z", "verdict"]
     with atomic_path(md_path) as tmp:
-        tmp.write_text("## Claims of the papers, tested in the miniature\n\n"
+        tmp.write_text(f"{HEADING}\n\n"
                        f"{len(df)} claims: {summary or 'none'}.\n\n"
                        f"{df[cols].to_markdown(index=False)}\n\n"
                        "Paper columns are the papers' own numbers (their models and benchmarks), for reference only; "

@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from tsmflow.data.io import atomic_path
+from tsmflow.reporting.claims import HEADING as CLAIMS_HEADING
 
 
 def git_commit(repo) -> str:
@@ -108,7 +109,7 @@ def write_site(docs_dir, parts: dict[str, dict], index_path, claims_path) -> lis
     provenance line (parts may come from different runs), and every declared part not published yet, with the
     command that publishes it. `parts`: name -> {"tables": [...], "claims": [...]}. Returns the published parts."""
     docs = Path(docs_dir)
-    published = [p for p in parts if part_provenance(docs / p)]
+    published = []
     index = ["# Published results", "",
              "One folder per part of the workflow's tables (config key `parts`); each part is published by its own "
              "run and names it on every file. Claims of all published parts: [claims.md](claims.md).", ""]
@@ -120,6 +121,7 @@ def write_site(docs_dir, parts: dict[str, dict], index_path, claims_path) -> lis
         if line is None:
             index += [f"Not published yet: `snakemake docs/results/{name}`. Tables: {', '.join(decl['tables'])}.", ""]
         else:
+            published.append(name)
             index += [line, "", *[f"- [{t}]({name}/tables/{t}.md)" for t in decl["tables"]],
                       *([f"- [claims]({name}/claims.md)"] if decl["claims"] else []), ""]
         if not decl["claims"]:
@@ -131,8 +133,7 @@ def write_site(docs_dir, parts: dict[str, dict], index_path, claims_path) -> lis
                        f"`snakemake docs/results/{name}`.", ""]
         else:
             body = part_claims.read_text().split("\n\n", 1)[1]  # below its provenance line
-            claims += [line, "", body.replace("## Claims of the papers, tested in the miniature\n\n", "", 1).rstrip(),
-                       ""]
+            claims += [line, "", body.replace(f"{CLAIMS_HEADING}\n\n", "", 1).rstrip(), ""]
     for path, text in ((index_path, index), (claims_path, claims)):
         with atomic_path(path) as tmp:
             tmp.write_text("\n".join(text))
