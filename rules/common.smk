@@ -427,7 +427,8 @@ def get_run_eval_inputs(wildcards):
 def get_fid_reference(backbone=None, feature_space=None):
     """FID reference statistics of a backbone's held-out split (the text world's without a backbone)."""
     prefix = "classes_" if backbone in CLASS_BACKBONES else ""
-    return f"{RESULTS}/evaluator/fid_reference_{prefix}{feature_space or config['evaluation']['fid']['feature_space']}.npz"
+    space = feature_space or config["evaluation"]["fid"]["feature_space"]
+    return f"{RESULTS}/evaluator/fid_reference_{prefix}{space}.npz"
 
 
 # outside results/ (git-ignored, under DVC) and outside the default target, publishing is a target of its own
