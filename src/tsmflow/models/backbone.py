@@ -139,8 +139,9 @@ def no_label_dropout(denoiser: nn.Module) -> nn.Module:
     """A DiT drops class labels itself in training (diffusers' LabelEmbedding, p=0.1). Turn that off: the training
     objective's `caption_dropout` is then the one CFG dropout, set in config as on every other backbone. The
     null class's embedding row stays (it exists because the model was built with a dropout probability > 0)."""
+    from diffusers.models.embeddings import LabelEmbedding
     for m in denoiser.modules():
-        if type(m).__name__ == "LabelEmbedding":
+        if isinstance(m, LabelEmbedding):
             m.dropout_prob = 0.0
     return denoiser
 
