@@ -21,13 +21,21 @@ _pythonpath = [str(Path(workflow.basedir) / "src"), *filter(None, [os.getenv("PY
 os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
 sys.path.insert(0, _pythonpath[0])  # the Snakefile itself parses expert-set names with the library
 
+from tsmflow.data.classes import CLASS_ARCHS, WORLD as CLASS_WORLD  # noqa: E402
 from tsmflow.expert_sets import ExpertSet, run_expert_sets  # noqa: E402
 from tsmflow.methods import method_of  # noqa: E402
 from tsmflow.students import ROUTED, student_sampling  # noqa: E402
 
 RESULTS = "results"
-SPLITS = ["train", "reference"]
+SPLITS = ["train", "reference"]  # each also as classes_<split> (the class-conditional world, config `classes`)
 BACKBONES = list(config["backbones"])
+# the class-conditional backbones train and are evaluated on the classes splits; the foundation's summary, curves
+# and sample grids (CompBench-mini prompts) are the text-to-image backbones'
+CLASS_BACKBONES = [b for b in BACKBONES if b in CLASS_ARCHS]
+TEXT_BACKBONES = [b for b in BACKBONES if b not in CLASS_ARCHS]
+if CLASS_BACKBONES and "classes" not in config:
+    raise ValueError(f"config key classes: backbones {CLASS_BACKBONES} are class-conditional and need the classes "
+                     "splits (classes.train, classes.reference)")
 CATEGORIES = ["color", "shape", "texture", "spatial", "non_spatial", "complex"]
 
 
@@ -74,6 +82,11 @@ for _name, _d in FINETUNES.items():
                          "defaults (train: batch_size, lr, ...)")
     if "with_dmp" in _d and _d["method"] != "scratch":
         raise ValueError(f"config key finetunes.{_name}.with_dmp: for method scratch only (method dmp is DMP)")
+for _run, _spec in RUNS.items():
+    if _spec["backbone"] in CLASS_BACKBONES and (_spec["method"] not in ("base", "finetune")
+                                                 or "compbench" in _spec.get("evaluate", ["compbench"])):
+        raise ValueError(f"config key runs.{_run}: the class-conditional {_spec['backbone']} has base and finetune "
+                         "runs only, evaluated with `evaluate: [fid]` (CompBench-mini prompts are not classes)")
 for _name, _d in STUDENTS.items():
     if _d["backbone"] not in BACKBONES:
         raise ValueError(f"config key students.{_name}.backbone: {_d['backbone']!r} is not in backbones")
@@ -185,13 +198,21 @@ def get_prompt_images_dir(backbone):
     return f"{RESULTS}/gors/{backbone}"
 
 
+def get_world_split(split, backbone):
+    """A backbone's split of its world: `split` for text-to-image backbones, `classes_<split>` for class ones."""
+    return f"classes_{split}" if backbone in CLASS_BACKBONES else split
+
+
 def get_task_data(task, backbone):
-    """Fine-tuning data of a task: cached latents and the dataset dir whose labels.jsonl has the captions."""
-    if task == "gors":
+    """Fine-tuning data of a task: cached latents and the dataset dir whose labels.jsonl has the captions (for a
+    class-conditional backbone, its classes split: "post" is further training on its pre-training data)."""
+    if task == "gors" and backbone not in CLASS_BACKBONES:
         return {"latents": f"{RESULTS}/gors/{backbone}_latents.safetensors", "data": get_prompt_images_dir(backbone)}
     if task == "post":
-        return {"latents": f"{RESULTS}/data/train_latents.safetensors", "data": get_split_dir("train")}
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        split = get_world_split("train", backbone)
+        return {"latents": f"{RESULTS}/data/{split}_latents.safetensors", "data": get_split_dir(split)}
+    raise ValueError(f"task {task!r} on backbone {backbone!r}: expected one of {TASKS} (post only for a "
+                     "class-conditional backbone)")
 
 
 def get_expert_dir(expert_set, interval):
@@ -204,7 +225,16 @@ def get_expert_dirs(expert_set):
 
 
 def _backbone_inputs(backbone):
-    return {"model": get_base_dir(backbone), "vae": get_model_dir("vae"), "text_encoder": get_model_dir("text_encoder")}
+    inputs = {"model": get_base_dir(backbone), "vae": get_model_dir("vae")}
+    if backbone not in CLASS_BACKBONES:  # a class-conditional model reads no text
+        inputs["text_encoder"] = get_model_dir("text_encoder")
+    return inputs
+
+
+def get_pretrain_inputs(wildcards):
+    """The VAE, the prompt encoder (text backbones) and the backbone's pre-training split with its latents."""
+    return {k: v for k, v in {**_backbone_inputs(wildcards.backbone),
+                               **get_task_data("post", wildcards.backbone)}.items() if k != "model"}
 
 
 def get_expert_inputs(wildcards):
@@ -251,6 +281,15 @@ def get_scratch_inputs(wildcards):
 
 def get_finetune_model_inputs(wildcards):
     return _backbone_inputs(FINETUNES[wildcards.finetune]["backbone"])
+
+
+def get_dmp_activation_inputs(wildcards):
+    """A DMP job's model and patch, and the prompts its gate is averaged over (a class backbone: its classes)."""
+    backbone = FINETUNES[wildcards.finetune]["backbone"]
+    inputs = {**get_finetune_model_inputs(wildcards), "dmp": get_finetune_dir(wildcards.finetune)}
+    if backbone not in CLASS_BACKBONES:
+        inputs["prompts"] = [f for k, f in get_compbench_files().items() if k.endswith("_val")]
+    return inputs
 
 
 def get_student_dir(name):
@@ -372,19 +411,24 @@ def runs_regex(runs):
 
 
 def get_run_eval_inputs(wildcards):
+    backbone = RUNS[wildcards.run]["backbone"]
     inputs = {**get_run_model_inputs(wildcards), "trained": get_run_trained_dirs(wildcards),
-              "reference": get_split_dir("reference"), "fid_reference": get_fid_reference(),
+              "reference": get_split_dir(get_world_split("reference", backbone)),
+              "fid_reference": get_fid_reference(backbone),
               "evaluator": get_model_dir("evaluator"), "validation": f"{RESULTS}/evaluator/validation.json"}
     fid = config["evaluation"]["fid"]
     if fid.get("patch_fid") and fid["feature_space"] == "shapes":  # Patch-FID of the same samples
-        inputs["patch_reference"] = f"{RESULTS}/evaluator/fid_reference_patch.npz"
+        inputs["patch_reference"] = get_fid_reference(backbone, "patch")
     if "compbench" in run_evaluations(wildcards.run):
         inputs["prompts"] = [f for k, f in get_compbench_files().items() if k.endswith("_val")]
     return inputs
 
 
-def get_fid_reference():
-    return f"{RESULTS}/evaluator/fid_reference_{config['evaluation']['fid']['feature_space']}.npz"
+def get_fid_reference(backbone=None, feature_space=None):
+    """FID reference statistics of a backbone's held-out split (the text world's without a backbone)."""
+    prefix = "classes_" if backbone in CLASS_BACKBONES else ""
+    space = feature_space or config["evaluation"]["fid"]["feature_space"]
+    return f"{RESULTS}/evaluator/fid_reference_{prefix}{space}.npz"
 
 
 # outside results/ (git-ignored, under DVC) and outside the default target, publishing is a target of its own
@@ -504,7 +548,7 @@ def get_final_outputs():
         f"{RESULTS}/data/coverage.md",
         f"{RESULTS}/plots/training_curves.png",
         f"{RESULTS}/vae/reconstruction.png",
-        *[f"{RESULTS}/samples/base/{b}.png" for b in BACKBONES],
+        *[f"{RESULTS}/samples/base/{b}.png" for b in TEXT_BACKBONES],
     ]
 
 

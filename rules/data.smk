@@ -54,3 +54,18 @@ rule data_coverage:
         "../envs/workflow.yaml"
     script:
         "../scripts/data_coverage.py"
+
+
+# the class-conditional world's splits (DMP Tables 8-9): one object per image, captioned with its class
+use rule render_dataset as render_classes with:
+    output:
+        split=directory(f"{RESULTS}/data/classes_{{split}}"),
+    params:
+        n=lambda wc: config["classes"][wc.split]["n"],
+        seed=lambda wc: config["classes"][wc.split]["seed"],
+        data=CLASS_WORLD,
+        resolution=config["resolution"],
+    log:
+        get_log("render_classes", "{split}"),
+    benchmark:
+        get_benchmark("render_classes", "{split}")

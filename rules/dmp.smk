@@ -58,9 +58,7 @@ use rule train_full as train_scratch with:
 
 rule plot_dmp_activation:
     input:
-        unpack(get_finetune_model_inputs),
-        dmp=get_finetune_dir("{finetune}"),
-        prompts=[f for k, f in get_compbench_files().items() if k.endswith("_val")],
+        unpack(get_dmp_activation_inputs),
     output:
         activation=f"{RESULTS}/finetune/{{finetune}}_activation.npz",
         plot=report(

@@ -128,3 +128,15 @@ use rule evaluate_run as evaluate_run_fid with:
     benchmark:
         get_benchmark("evaluate_run_fid", "{run}")
     threads: get_threads("evaluate_run_fid")
+
+
+use rule fid_reference_stats as fid_reference_stats_classes with:
+    input:
+        model=get_model_dir("evaluator"),
+        data=get_split_dir("classes_reference"),
+    output:
+        stats=f"{RESULTS}/evaluator/fid_reference_classes_{{feature_space}}.npz",
+    log:
+        get_log("fid_reference_stats_classes", "{feature_space}"),
+    benchmark:
+        get_benchmark("fid_reference_stats_classes", "{feature_space}")

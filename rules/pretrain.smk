@@ -3,10 +3,7 @@
 
 rule pretrain_base:
     input:
-        latents=rules.encode_latents.output.latents,
-        data=get_split_dir("train"),
-        vae=get_model_dir("vae"),
-        text_encoder=get_model_dir("text_encoder"),
+        unpack(get_pretrain_inputs),
     output:
         model=directory(get_base_dir("{backbone}")),
     params:

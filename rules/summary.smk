@@ -5,7 +5,7 @@ rule plot_training_curves:
     input:
         text_encoder=get_model_dir("text_encoder"),
         vae=get_model_dir("vae"),
-        base=[get_base_dir(b) for b in BACKBONES],
+        base=[get_base_dir(b) for b in TEXT_BACKBONES],
     output:
         report(f"{RESULTS}/plots/training_curves.png", caption="../report/training_curves.rst", category="Foundation"),
     log:
@@ -24,8 +24,8 @@ rule foundation_summary:
         text_encoder=get_model_dir("text_encoder"),
         vae=get_model_dir("vae"),
         vae_metrics=rules.evaluate_vae.output.metrics,
-        base=[get_base_dir(b) for b in BACKBONES],
-        grids=[f"{RESULTS}/samples/base/{b}.png" for b in BACKBONES],
+        base=[get_base_dir(b) for b in TEXT_BACKBONES],
+        grids=[f"{RESULTS}/samples/base/{b}.png" for b in TEXT_BACKBONES],
     output:
         report(f"{RESULTS}/foundation.md", caption="../report/foundation.rst", category="Foundation"),
     params:

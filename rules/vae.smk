@@ -58,3 +58,15 @@ rule evaluate_vae:
         "../envs/workflow.yaml"
     script:
         "../scripts/evaluate_vae.py"
+
+
+use rule encode_latents as encode_classes_latents with:
+    input:
+        data=get_split_dir("classes_train"),
+        vae=get_model_dir("vae"),
+    output:
+        latents=f"{RESULTS}/data/classes_train_latents.safetensors",
+    log:
+        get_log("encode_classes_latents"),
+    benchmark:
+        get_benchmark("encode_classes_latents")

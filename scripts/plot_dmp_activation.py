@@ -1,25 +1,25 @@
-"""DMP Fig. 5: the gate's prompt weights over timesteps and blocks, averaged over validation prompts."""
+"""DMP Fig. 5: the gate's prompt weights over timesteps and blocks, averaged over validation prompts (every class,
+for a class-conditional backbone)."""
 import numpy as np
 import torch
 
-from tsmflow.adapters.dmp import load_dmp
+from tsmflow.adapters.dmp import gate_condition, load_dmp
+from tsmflow.data.classes import CLASS_ARCHS, CLASSES, class_caption
 from tsmflow.data.io import atomic_path, read_prompts
-from tsmflow.models.backbone import denoiser_mask, load_mini_backbone
+from tsmflow.models.backbone import load_mini_backbone
 from tsmflow.reporting.plots import prompt_activation
 from tsmflow.workflow import setup
 
 setup(snakemake)
 i = snakemake.input
 arch = snakemake.params.arch
-bb = load_mini_backbone(arch, i.model, i.vae, i.text_encoder)
+bb = load_mini_backbone(arch, i.model, i.vae, getattr(i, "text_encoder", None))
 dmp = load_dmp(bb, i.dmp)
-prompts = [p for f in i.prompts for p in read_prompts(f)]
+prompts = [class_caption(c) for c in CLASSES] if arch in CLASS_ARCHS else [p for f in i.prompts for p in read_prompts(f)]
 timesteps = np.linspace(0, bb.num_train_timesteps - 1, 50).round().astype(int)
 with torch.no_grad():
-    cond = bb.encode(prompts)
-# the gate sees the mask the denoiser gets while sampling (predict), not the text encoder's own
-mask = denoiser_mask(arch, cond)
-weights = np.nanmean(np.stack([dmp.activation_map(torch.from_numpy(timesteps), cond["hidden"][k:k + 1],
+    hidden, mask = gate_condition(arch, bb.denoiser, bb.encode(prompts))
+weights = np.nanmean(np.stack([dmp.activation_map(torch.from_numpy(timesteps), hidden[k:k + 1],
                                                    None if mask is None else mask[k:k + 1])
                                for k in range(len(prompts))]), axis=0)
 with atomic_path(snakemake.output.activation) as tmp, open(tmp, "wb") as f:

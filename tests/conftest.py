@@ -93,7 +93,8 @@ def _mini_components(tmp: Path, arch: str, objective: str = "eps"):
     vae.save_pretrained(tmp / "vae")
     cfgs = {"unet": {"channels": [16, 32], "layers_per_block": 1, "head_dim": 8, "norm_groups": 8},
             "dit": {"patch_size": 1, "layers": 1, "heads": 2, "head_dim": 8},
-            "mmdit": {"patch_size": 1, "layers": 1, "heads": 2, "head_dim": 8}}
+            "mmdit": {"patch_size": 1, "layers": 1, "heads": 2, "head_dim": 8},
+            "cdit": {"patch_size": 1, "layers": 1, "heads": 2, "head_dim": 8}}
     den = build_denoiser(arch, cfgs[arch], 4, 8, 16, 16)
     den.save_pretrained(tmp / "den")
     build_scheduler(objective, 1000).save_pretrained(tmp / "den" / "scheduler")

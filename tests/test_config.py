@@ -142,6 +142,9 @@ def test_bad_tsm_runs_fail_before_any_job(snakemake_bin, root, tmp_path, mutate,
     (lambda c: c["deme_sets"]["unet-post-n2-p50"].__setitem__("p", 1.5), "1.5"),
     (lambda c: c["deme_sets"]["unet-post-n2-p50-r2"].pop("rank"), "rank"),
     (lambda c: c["runs"]["deme_before_unet"].__setitem__("evaluate", ["fid"]), "is FID-only"),
+    (lambda c: c.pop("classes"), "config key classes: backbones ['cdit'] are class-conditional"),
+    (lambda c: c["runs"]["dmp_cdit"].pop("evaluate"), "config key runs.dmp_cdit: the class-conditional cdit"),
+    (lambda c: c["finetunes"]["cdit-post-dmp"].__setitem__("task", "gors"), "task 'gors' on backbone 'cdit'"),
 ])
 def test_bad_deme_and_dmp_config_fails_before_any_job(snakemake_bin, root, tmp_path, mutate, needle):
     r = dry_run(snakemake_bin, root, tmp_path, mutate)

@@ -10,7 +10,7 @@ import torch
 
 from tsmflow.adapters.dmp import DMPConfig, MixtureOfPrompts, add_dmp, importance_loss, load_dmp, load_loss, save_dmp
 
-ARCHS = [("unet", "eps"), ("dit", "eps"), ("mmdit", "flow")]
+ARCHS = [("unet", "eps"), ("dit", "eps"), ("mmdit", "flow"), ("cdit", "eps")]  # cdit: class captions
 
 
 def _inputs(bb, seed=0):
@@ -48,9 +48,9 @@ def test_gate_and_prompt_shapes_per_backbone(mini_backbone, arch, objective):
         assert dmp.shapes == [(64, 16), (16, 32), (64, 16), (64, 16)]
         assert dmp.block_names == ["down_blocks.0.attentions.0", "mid_block.attentions.0",
                                    "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"]
-    else:  # one block, 8x8 latent patches of 1 -> 64 tokens of width 2 heads x 8
+    else:  # one block, 8x8 latent patches of 1 -> 64 tokens of width 2 heads x 8 (cdit: its class embedding's too)
         assert dmp.shapes == [(64, 16)] and dmp.block_names == ["transformer_blocks.0"]
-    text_dim = 16
+    text_dim = 16  # the text encoder's width; the cdit's class embedding (2 heads x 8) is as wide
     L = len(dmp.shapes)
     assert (dmp.gate.in_features, dmp.gate.out_features) == (64 + text_dim + L, 64)
     assert MixtureOfPrompts(bb.denoiser, arch, DMPConfig(selection="uniform", condition=False)).gate.in_features == 64

@@ -83,7 +83,7 @@ def load_run_backbone(spec: dict, inputs) -> Backbone:
     # the finetune job wrote the denoiser (full; from scratch, its patch beside it), not the base model
     own = spec["method"] == "finetune" and (dmp is None or Path(inputs.model) == Path(dmp))
     model = finetune_dir(spec, inputs.model) if own else inputs.model  # a distill run's: the merged student
-    bb = load_mini_backbone(spec["backbone"], model, inputs.vae, inputs.text_encoder)
+    bb = load_mini_backbone(spec["backbone"], model, inputs.vae, getattr(inputs, "text_encoder", None))
     return attach_run_adapters(bb, spec, inputs)
 
 

@@ -4,7 +4,7 @@ Block i of the frozen denoiser gets prompts p_i of shape (N_i, D_i): one D_i-vec
 that block's input. A gate (one linear layer) maps [timestep embedding; condition embedding; block depth]
 to N logits; the block's input becomes x + softmax(logits)[:, :, None] * p_i (DMP Eq. 3).
 
-- DiT (PixArt): every transformer block; N = patch tokens, D = inner dim.
+- DiT (PixArt; the class-conditional DiT): every transformer block; N = patch tokens, D = inner dim.
 - MM-DiT (SD3): the image stream of every joint block; the text stream is left alone.
 - UNet: every `Transformer2DModel` of the UNet (down, mid, up). Its input is (B, C, H, W); the prompts are
   (H*W, C) at that block's own spatial size, one per position, added at every position.
@@ -12,7 +12,8 @@ Blocks of different sizes (UNet) share the gate: block i uses the first N_i of i
 
 The gate's depth input is one-hot: a linear layer on a scalar depth could only shift the logits linearly
 with depth. The condition embedding is the mean of the denoiser's text tokens (masked where a mask is
-given); the timestep embedding is diffusers' sinusoidal one. Prompts and gate start at zero, so a fresh
+given); a class-conditional DiT's is its own embedding of the class label (the one its final layer reads). The
+timestep embedding is diffusers' sinusoidal one. Prompts and gate start at zero, so a fresh
 "add" patch changes nothing: the patched model computes exactly what the frozen model does. A fresh
 "prepend" patch does change the output: its zero tokens still take part in the block's attention.
 
@@ -60,7 +61,7 @@ class DMPConfig:
 
 
 def _blocks(denoiser: nn.Module, arch: str) -> list[tuple[str, nn.Module]]:
-    if arch in ("dit", "mmdit"):
+    if arch in ("dit", "mmdit", "cdit"):
         return [(f"transformer_blocks.{i}", b) for i, b in enumerate(denoiser.transformer_blocks)]
     if arch == "unet":
         from diffusers.models.transformers.transformer_2d import Transformer2DModel
@@ -85,7 +86,23 @@ def _with_hidden(args, kwargs, h):
 def _cond_dim(denoiser: nn.Module, arch: str) -> int:
     c = denoiser.config
     return {"unet": lambda: c.cross_attention_dim, "dit": lambda: c.caption_channels,
-            "mmdit": lambda: c.joint_attention_dim}[arch]()
+            "mmdit": lambda: c.joint_attention_dim,
+            "cdit": lambda: c.num_attention_heads * c.attention_head_dim}[arch]()
+
+
+def class_embedding(denoiser: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """(B, D) a class-conditional DiT's embedding of its labels: the first block's table, which its output layer
+    also conditions on (diffusers' DiTTransformer2DModel)."""
+    table = denoiser.transformer_blocks[0].norm1.emb.class_embedder.embedding_table
+    return table(labels.to(table.weight.device))
+
+
+def gate_condition(arch: str, denoiser: nn.Module, cond: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(condition tokens, mask) the gate reads for an encoded condition, as the hooks see them while sampling."""
+    if arch == "cdit":
+        return class_embedding(denoiser, cond["class_labels"]).unsqueeze(1), None
+    from ..models.backbone import denoiser_mask
+    return cond["hidden"], denoiser_mask(arch, cond)
 
 
 @torch.no_grad()
@@ -111,7 +128,8 @@ def _block_shapes(denoiser: nn.Module, arch: str) -> list[tuple[int, int]]:
         x = torch.zeros(1, c.in_channels, size, size, device=p.device, dtype=p.dtype)
         cond = {"hidden": torch.zeros(1, 1, _cond_dim(denoiser, arch), device=p.device, dtype=p.dtype),
                 "mask": None,
-                "pooled": torch.zeros(1, getattr(c, "pooled_projection_dim", 1) or 1, device=p.device, dtype=p.dtype)}
+                "pooled": torch.zeros(1, getattr(c, "pooled_projection_dim", 1) or 1, device=p.device, dtype=p.dtype),
+                "class_labels": torch.zeros(1, dtype=torch.long)}
         predict(arch, denoiser, x, torch.zeros(1, device=p.device), cond)
     finally:
         for h in handles:
@@ -201,6 +219,8 @@ class MixtureOfPrompts(nn.Module):
     def _denoiser_hook(self, module, args, kwargs):
         t = args[1] if len(args) > 1 else kwargs["timestep"]  # UNet: (sample, timestep); DiTs: keyword
         h = kwargs.get("encoder_hidden_states")
+        if self.arch == "cdit":  # the condition is the class, as the model embeds it: one "token"
+            h = class_embedding(module, kwargs["class_labels"]).unsqueeze(1)
         x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         self._weights = self.weights(t, h, kwargs.get("encoder_attention_mask"))

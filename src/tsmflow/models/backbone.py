@@ -5,7 +5,9 @@ noise schedule, and hides how each architecture is called:
 
 - ``unet``  UNet2DConditionModel (SD1.5, SD2, the miniature "unet"),
 - ``dit``   PixArtTransformer2DModel (PixArt-alpha, the miniature "dit"),
-- ``mmdit`` SD3Transformer2DModel (SD3, the miniature "mmdit").
+- ``mmdit`` SD3Transformer2DModel (SD3, the miniature "mmdit"),
+- ``cdit``  DiTTransformer2DModel (class-conditional DiT on ImageNet; the miniature "cdit", whose "prompts" are
+  class captions, `data/classes.py`).
 
 Real models load through their diffusers pipeline class from a hub id or a local
 directory (`load_pipeline_backbone`); the miniature loads the components the
@@ -22,8 +24,11 @@ import torch.nn as nn
 from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from ..backbone_spec import FAMILIES
+from ..data.classes import CLASS_ARCHS
 
-Cond = dict  # {"hidden": (B, L, D), "mask": (B, L) or None, "pooled": (B, P) or None}
+# {"hidden": (B, L, D), "mask": (B, L) or None, "pooled": (B, P) or None}; a class-conditional model's has
+# "class_labels": (B,) int64 and no hidden states
+Cond = dict
 
 
 
@@ -109,6 +114,8 @@ def predict(arch: str, denoiser: nn.Module, x: torch.Tensor, t: torch.Tensor, co
     elif arch == "mmdit":
         out = denoiser(hidden_states=x, encoder_hidden_states=cond["hidden"],
                        pooled_projections=cond["pooled"], timestep=t).sample
+    elif arch == "cdit":
+        out = denoiser(x, timestep=t, class_labels=cond["class_labels"].to(x.device)).sample
     else:
         raise ValueError(f"unknown arch {arch!r}")
     if out.shape[1] == 2 * x.shape[1]:  # learned-sigma models (PixArt) also predict a variance
@@ -128,6 +135,35 @@ def repeat_cond(c: Cond, n: int) -> Cond:
 # ---------------------------------------------------------------- the miniature
 
 
+def no_label_dropout(denoiser: nn.Module) -> nn.Module:
+    """A DiT drops class labels itself in training (diffusers' LabelEmbedding, p=0.1). Turn that off: the training
+    objective's `caption_dropout` is then the one CFG dropout, set in config as on every other backbone. The
+    null class's embedding row stays (it exists because the model was built with a dropout probability > 0)."""
+    from diffusers.models.embeddings import LabelEmbedding
+    for m in denoiser.modules():
+        if isinstance(m, LabelEmbedding):
+            m.dropout_prob = 0.0
+    return denoiser
+
+
+def class_prompt_encoder() -> Callable[[list[str]], Cond]:
+    """Class captions ("a red circle") to class indices; "" to the null class (unconditional)."""
+    from ..data.classes import class_index
+
+    def encode(prompts: list[str]) -> Cond:
+        labels = torch.tensor([class_index(p) for p in prompts], dtype=torch.long)
+        return {"hidden": None, "mask": None, "pooled": None, "class_labels": labels}
+    return encode
+
+
+def text_dims(backbone: Backbone) -> tuple[int, int]:
+    """(hidden width, pooled width) of the prompt encoder a fresh denoiser is built for; (0, 0) without one."""
+    if not backbone.text_encoders:
+        return 0, 0
+    c = backbone.text_encoders[0].config
+    return c.hidden_size, c.projection_dim
+
+
 def mini_prompt_encoder(tokenizer, text_encoder) -> Callable[[list[str]], Cond]:
     def encode(prompts: list[str]) -> Cond:
         tok = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt")
@@ -139,14 +175,19 @@ def mini_prompt_encoder(tokenizer, text_encoder) -> Callable[[list[str]], Cond]:
 
 
 def load_mini_backbone(arch: str, denoiser_dir, vae_dir, text_dir, objective: str | None = None) -> Backbone:
-    """Load the workflow's own trained components (all local, nothing downloaded)."""
-    from diffusers import PixArtTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+    """Load the workflow's own trained components (all local, nothing downloaded). The class-conditional cdit has
+    no text encoder: `text_dir` may be None and is not read."""
+    from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
     from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
-    for p in (vae_dir, text_dir):
-        if not Path(p).is_dir():
+    classes = arch in CLASS_ARCHS
+    for p in (vae_dir,) if classes else (vae_dir, text_dir):
+        if p is None or not Path(p).is_dir():
             raise FileNotFoundError(f"{p}: model directory not found (has its rule run?)")
-    cls = {"unet": UNet2DConditionModel, "dit": PixArtTransformer2DModel, "mmdit": SD3Transformer2DModel}[arch]
+    cls = {"unet": UNet2DConditionModel, "dit": PixArtTransformer2DModel, "mmdit": SD3Transformer2DModel,
+           "cdit": DiTTransformer2DModel}[arch]
     denoiser = cls.from_pretrained(denoiser_dir, use_safetensors=True) if denoiser_dir is not None else None
+    if classes and denoiser is not None:
+        no_label_dropout(denoiser)  # not saved in its config: loading rebuilds the embedding with p=0.1
     sched_dir = Path(denoiser_dir or "") / "scheduler"
     if denoiser_dir is not None and sched_dir.is_dir():
         scheduler = _scheduler_from_dir(sched_dir)
@@ -154,6 +195,10 @@ def load_mini_backbone(arch: str, denoiser_dir, vae_dir, text_dir, objective: st
         from .mini import build_scheduler
         scheduler = build_scheduler(objective or "eps", 1000)
     vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True)
+    if classes:
+        vae.requires_grad_(False).eval()
+        return Backbone(arch=arch, denoiser=denoiser, vae=vae, noise_scheduler=scheduler,
+                        encode_fn=class_prompt_encoder())
     tokenizer = PreTrainedTokenizerFast.from_pretrained(text_dir)
     text_encoder = CLIPTextModelWithProjection.from_pretrained(text_dir, use_safetensors=True)
     for m in (vae, text_encoder):

@@ -6,7 +6,8 @@ treats them exactly like the real models.
 """
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDPMScheduler, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler,
+                       PixArtTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel)
 
 
 def build_vae(cfg: dict, resolution: int) -> AutoencoderKL:
@@ -20,6 +21,7 @@ def build_vae(cfg: dict, resolution: int) -> AutoencoderKL:
 
 def build_denoiser(arch: str, cfg: dict, latent_channels: int, latent_size: int, text_dim: int,
                    pooled_dim: int):
+    """`text_dim`, `pooled_dim`: the prompt encoder's widths (unused by the class-conditional cdit)."""
     if arch == "unet":
         n = len(cfg["channels"])
         # `cross_attention`: per level, top first. Default: every level but the lowest, as SD1.5 (cheap at 8x8
@@ -54,7 +56,14 @@ def build_denoiser(arch: str, cfg: dict, latent_channels: int, latent_size: int,
             attention_head_dim=cfg["head_dim"], joint_attention_dim=text_dim,
             caption_projection_dim=cfg["heads"] * cfg["head_dim"], pooled_projection_dim=pooled_dim,
             pos_embed_max_size=latent_size // cfg["patch_size"])
-    raise ValueError(f"unknown denoiser arch {arch!r} (expected unet, dit or mmdit)")
+    if arch == "cdit":  # class-conditional, like DiT on ImageNet (DMP Tables 8-9): no text, a class label
+        from ..data.classes import CLASSES
+        from .backbone import no_label_dropout
+        return no_label_dropout(DiTTransformer2DModel(
+            sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+            patch_size=cfg["patch_size"], num_layers=cfg["layers"], num_attention_heads=cfg["heads"],
+            attention_head_dim=cfg["head_dim"], num_embeds_ada_norm=len(CLASSES)))
+    raise ValueError(f"unknown denoiser arch {arch!r} (expected unet, dit, mmdit or cdit)")
 
 
 def build_scheduler(objective: str, num_train_timesteps: int):

@@ -29,7 +29,7 @@ from ..adapters.dmp import DMPConfig, add_dmp, importance_loss, load_loss, save_
 from ..adapters.experts import interval_bounds
 from ..adapters.lora import LoraSpec, add_lora, lora_layers
 from ..data.io import atomic_dir, write_json
-from ..models.backbone import Backbone
+from ..models.backbone import Backbone, text_dims
 from ..models.mini import build_denoiser, build_scheduler
 from .experts import freeze, load_task_data, model_params
 from .loop import TrainConfig, infinite_batches, resumable_output, train
@@ -130,9 +130,8 @@ def train_scratch(backbone: Backbone, cfg: dict, arch_cfg: dict, latents_path, l
     Saves the denoiser (and the patch) at the end and at every snapshot."""
     tcfg = TrainConfig.from_dict({**cfg["train"], "steps": cfg["steps"]})
     set_seed(tcfg.seed)  # the initial weights too: with and without DMP start from the same denoiser
-    text = backbone.text_encoders[0].config  # frozen, as loaded
     c, s, _ = backbone.latent_shape
-    backbone.denoiser = build_denoiser(backbone.arch, arch_cfg["arch"], c, s, text.hidden_size, text.projection_dim)
+    backbone.denoiser = build_denoiser(backbone.arch, arch_cfg["arch"], c, s, *text_dims(backbone))
     backbone.noise_scheduler = build_scheduler(arch_cfg["objective"], arch_cfg["num_train_timesteps"])
     params = list(backbone.denoiser.parameters())
     objective, dmp = DiffusionObjective(backbone, caption_dropout=caption_dropout), None

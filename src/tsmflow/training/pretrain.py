@@ -11,7 +11,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from ..data.io import DataError, read_labels, write_json
-from ..models.backbone import load_mini_backbone
+from ..models.backbone import load_mini_backbone, text_dims
 from ..models.mini import build_denoiser, build_scheduler
 from .loop import TrainConfig, infinite_batches, resumable_output, train
 from .objectives import DiffusionObjective
@@ -29,12 +29,11 @@ def pretrain_denoiser(arch: str, cfg: dict, latents_path, labels_path, vae_dir, 
                       init_dir=None) -> dict:
     """`init_dir`: continue from that saved denoiser (its arch; cfg["arch"] is then unused) instead of fresh weights."""
     bb = load_mini_backbone(arch, init_dir, vae_dir, text_dir)
-    text_cfg = bb.text_encoders[0].config
     c, s, _ = bb.latent_shape
     tcfg = TrainConfig.from_dict(cfg["train"])
     set_seed(tcfg.seed)  # the initial weights too: a rerun gives the same model
     if init_dir is None:
-        bb.denoiser = build_denoiser(arch, cfg["arch"], c, s, text_cfg.hidden_size, text_cfg.projection_dim)
+        bb.denoiser = build_denoiser(arch, cfg["arch"], c, s, *text_dims(bb))
     bb.noise_scheduler = build_scheduler(cfg["objective"], cfg["num_train_timesteps"])
     tensors, captions = load_latents(latents_path, labels_path)
     objective = DiffusionObjective(bb, caption_dropout=cfg["caption_dropout"])
