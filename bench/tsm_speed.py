@@ -42,8 +42,7 @@ def _real_sd15(device: str, dtype: str):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tsmflow.backbone_spec import lora_config
-    from tsmflow.config import load_backbone_config
+    from tsmflow.config import load_config
     from tsmflow.models.backbone import Backbone
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
@@ -64,7 +63,7 @@ def _real_sd15(device: str, dtype: str):
 
     bb = Backbone(arch="unet", denoiser=unet, vae=vae, noise_scheduler=sched, encode_fn=encode, text_encoders=[text],
                   family="sd15")
-    return bb, {"lora": lora_config(load_backbone_config(ROOT / "config/backbones/sd15.yaml"))}
+    return bb, {"lora": load_config(ROOT / "config/backbones/sd15.yaml")["backbones"]["sd15"]["lora"]}
 
 
 def _backbone(arch: str, device: str):
