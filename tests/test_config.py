@@ -258,3 +258,15 @@ def test_the_method_registry_is_the_schema_s_list_of_run_methods(root):
     assert [m for m, d in METHODS.items() if d.router] == ["tsm2", "moe_lora"]
     with pytest.raises(ConfigError, match="runs.x.method: 'tsm3'"):
         method_of({"method": "tsm3"}, "runs.x")
+
+
+def test_extends_replaces_whole_top_level_blocks_and_follows_chains(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"a": {"x": 1, "y": 2}, "b": [1], "c": "base"}))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/mid.yaml").write_text(yaml.safe_dump({"extends": "../base.yaml", "a": {"x": 3}}))
+    (tmp_path / "sub/top.yaml").write_text(yaml.safe_dump({"extends": "mid.yaml", "c": "top"}))
+    from tsmflow.config import extend
+    top = yaml.safe_load((tmp_path / "sub/top.yaml").read_text())
+    # `a` is mid's whole block (its y is gone, not merged), `c` is top's, `b` the base's; no `extends` is left
+    assert extend(top, tmp_path / "sub/top.yaml") == {"a": {"x": 3}, "b": [1], "c": "top"}
+    assert extend({"c": 1}, tmp_path / "x.yaml") == {"c": 1}  # a complete config is returned as it is
