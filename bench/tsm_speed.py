@@ -9,7 +9,7 @@ CUDA) is its own. Uses the miniature's trained base denoiser when a default run 
 it, else a freshly initialised one of the same config.
 
 With `--real sd15`: a real-size SD1.5 (UNet and CLIP ViT-L text encoder of the published configs, random
-weights, 64x64 latents) in `--dtype` (bfloat16 on a GPU: the real DAG's half-precision pipeline, LoRA in fp32),
+weights, 64x64 latents) in `--dtype` (bfloat16 on a GPU: a paper model's half-precision pipeline, LoRA in fp32),
 with config/backbones/sd15.yaml's LoRA targets and Sup. A's ranks (expert r=4, vanilla LoRA r=32, n=8 + 1).
 This is the one-DAG issue's GPU check (batch 8):
 
