@@ -46,4 +46,4 @@ smoke: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakemake --lint --configfile config/backbones/sd15.yaml \
-		--config 'data={train: {image_text_folder: .}, coco: {annotations: README.md, images: .}}'
+		--config 'coco={annotations: README.md, images: .}' 'backbones={sd15: {data: {image_text_folder: .}}}'

@@ -2,36 +2,29 @@
 # Default: the embedded miniature world (config/config.yaml). See README.md.
 import os
 
-# config/config.yaml is the default. A --configfile (config/smoke.yaml, a real-scale config) replaces it
-# instead of being merged into it: each of those is a complete config. --config key=value still overrides.
+# config/config.yaml is the default. A --configfile (config/smoke.yaml) replaces it instead of being merged into it:
+# each is a complete config. One that says `extends: <file>` (config/backbones/*.yaml: a paper model as the
+# backbone) is that file's config with its own top-level keys in place. --config key=value still overrides.
 if not workflow.config_settings.configfiles:
 
     configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
-# A backbone spec (config/backbones/*.yaml: it has `family`) builds the real DAG: post-pretraining of that model
-# (rules/real.smk). Any other config builds the miniature's. Both define get_final_outputs for `rule all`.
-if config.get("family"):
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/text_encoder.smk"
+include: "rules/vae.smk"
+include: "rules/pretrain.smk"
+include: "rules/summary.smk"
+include: "rules/tsm.smk"
+include: "rules/deme.smk"
+include: "rules/dmp.smk"
+include: "rules/distill.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
-    include: "rules/real_common.smk"
-    include: "rules/real.smk"
 
-else:
-
-    include: "rules/common.smk"
-    include: "rules/data.smk"
-    include: "rules/text_encoder.smk"
-    include: "rules/vae.smk"
-    include: "rules/pretrain.smk"
-    include: "rules/summary.smk"
-    include: "rules/tsm.smk"
-    include: "rules/deme.smk"
-    include: "rules/dmp.smk"
-    include: "rules/distill.smk"
-    include: "rules/evaluate.smk"
-    include: "rules/report.smk"
-
-    check_thread_rules()
+check_thread_rules()
 
 
 from tsmflow.workflow import LAUNCH  # noqa: E402

@@ -9,7 +9,7 @@ CUDA) is its own. Uses the miniature's trained base denoiser when a default run 
 it, else a freshly initialised one of the same config.
 
 With `--real sd15`: a real-size SD1.5 (UNet and CLIP ViT-L text encoder of the published configs, random
-weights, 64x64 latents) in `--dtype` (bfloat16 on a GPU: the real DAG's half-precision pipeline, LoRA in fp32),
+weights, 64x64 latents) in `--dtype` (bfloat16 on a GPU: a paper model's half-precision pipeline, LoRA in fp32),
 with config/backbones/sd15.yaml's LoRA targets and Sup. A's ranks (expert r=4, vanilla LoRA r=32, n=8 + 1).
 This is the one-DAG issue's GPU check (batch 8):
 
@@ -42,8 +42,7 @@ def _real_sd15(device: str, dtype: str):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tsmflow.backbone_spec import lora_config
-    from tsmflow.config import load_backbone_config
+    from tsmflow.config import load_config
     from tsmflow.models.backbone import Backbone
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
@@ -64,7 +63,7 @@ def _real_sd15(device: str, dtype: str):
 
     bb = Backbone(arch="unet", denoiser=unet, vae=vae, noise_scheduler=sched, encode_fn=encode, text_encoders=[text],
                   family="sd15")
-    return bb, {"lora": lora_config(load_backbone_config(ROOT / "config/backbones/sd15.yaml"))}
+    return bb, {"lora": load_config(ROOT / "config/backbones/sd15.yaml")["backbones"]["sd15"]["lora"]}
 
 
 def _backbone(arch: str, device: str):

@@ -8,43 +8,117 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
-
-validate(config, schema="../config/schema.yaml")
-if abs(sum(config["data"]["n_objects_p"]) - 1) > 1e-6:
-    raise ValueError("config key data.n_objects_p must sum to 1, got " f"{config['data']['n_objects_p']}")
 
 # scripts import the library from src/ whether or not it is pip-installed (conda envs, cluster nodes)
 _pythonpath = [str(Path(workflow.basedir) / "src"), *filter(None, [os.getenv("PYTHONPATH")])]
 os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
 sys.path.insert(0, _pythonpath[0])  # the Snakefile itself parses expert-set names with the library
 
+from tsmflow import layout  # noqa: E402
+from tsmflow.config import extend  # noqa: E402
+
+if config.get("extends"):  # config/backbones/*.yaml: the default config with a paper model as its backbone
+    _given = dict(config)
+    config.clear()
+    config.update(extend(_given, workflow.config_settings.configfiles[0]))
+validate(config, schema="../config/schema.yaml")
+if abs(sum(config["data"]["n_objects_p"]) - 1) > 1e-6:
+    raise ValueError("config key data.n_objects_p must sum to 1, got " f"{config['data']['n_objects_p']}")
+
+from tsmflow.data.adapters import check_coco_paths, check_image_text_paths  # noqa: E402
 from tsmflow.data.classes import CLASS_ARCHS, WORLD as CLASS_WORLD  # noqa: E402
+from tsmflow.families import backbone_spec  # noqa: E402
 from tsmflow.expert_sets import ExpertSet, run_expert_sets  # noqa: E402
 from tsmflow.methods import method_of  # noqa: E402
 from tsmflow.students import ROUTED, student_sampling  # noqa: E402
 
-RESULTS = "results"
+RESULTS = layout.RESULTS
 SPLITS = ["train", "reference"]  # each also as classes_<split> (the class-conditional world, config `classes`)
 BACKBONES = list(config["backbones"])
+# a backbone with a `family` is a paper model (config/backbones/*.yaml), loaded from its diffusers pipeline; the
+# others are the miniature's, which the workflow trains (its foundation: world, VAE, text encoder, evaluator)
+REAL_BACKBONES = [b for b in BACKBONES if "family" in config["backbones"][b]]
+MINI_BACKBONES = [b for b in BACKBONES if b not in REAL_BACKBONES]
 # the class-conditional backbones train and are evaluated on the classes splits; the foundation's summary, curves
-# and sample grids (CompBench-mini prompts) are the text-to-image backbones'
-CLASS_BACKBONES = [b for b in BACKBONES if b in CLASS_ARCHS]
-TEXT_BACKBONES = [b for b in BACKBONES if b not in CLASS_ARCHS]
+# and sample grids (CompBench-mini prompts) are the miniature's text-to-image backbones'
+CLASS_BACKBONES = [b for b in MINI_BACKBONES if b in CLASS_ARCHS]
+TEXT_BACKBONES = [b for b in MINI_BACKBONES if b not in CLASS_ARCHS]
 if CLASS_BACKBONES and "classes" not in config:
     raise ValueError(f"config key classes: backbones {CLASS_BACKBONES} are class-conditional and need the classes "
                      "splits (classes.train, classes.reference)")
+if REAL_BACKBONES and "coco" not in config:
+    raise ValueError(f"config key coco: the paper models {REAL_BACKBONES} are evaluated by FID on COCO2014 val, "
+                     "which needs coco.annotations and coco.images")
+if REAL_BACKBONES and config["evaluation"]["fid"]["feature_space"] != "inception":
+    raise ValueError("config key evaluation.fid.feature_space: the paper models' FID is on Inception features "
+                     f"(inception), not {config['evaluation']['fid']['feature_space']}")
+# every name a backbone may have; a declaration (run, DeMe set, fine-tuning, student) on one the config leaves out is
+# not built, so the default declares the papers' models' runs and tables once, for their configs to build
+with open(Path(workflow.basedir) / "config/schema.yaml") as _f:
+    KNOWN_BACKBONES = list(yaml.safe_load(_f)["properties"]["backbones"]["properties"])
+
+
+def on_backbone(backbone, where):
+    """Whether a declaration on `backbone` is built: the config has that backbone."""
+    if backbone not in KNOWN_BACKBONES:
+        raise ValueError(f"config key {where}: backbone {backbone!r} is not one of {KNOWN_BACKBONES}")
+    return backbone in BACKBONES
+
+
 CATEGORIES = ["color", "shape", "texture", "spatial", "non_spatial", "complex"]
 
 
-RUNS = config["runs"]
-TABLES = config["tables"]
-CLAIMS = config.get("claims", {})
-DEME_SETS = config.get("deme_sets") or {}  # DeMe: N range models of one backbone, merged by a search
-FINETUNES = config.get("finetunes") or {}  # further training: full fine-tuning, prompt tuning, DMP
-STUDENTS = config.get("students") or {}  # distilled few-step students (DMD2, WaDi)
+DECLARED_RUNS = config["runs"]
+RUNS = {r: d for r, d in DECLARED_RUNS.items() if on_backbone(d["backbone"], f"runs.{r}.backbone")}
+
+
+def _built(block):
+    """The declarations of config `block` (name -> {backbone, ...}) on backbones the config has."""
+    return {k: d for k, d in (config.get(block) or {}).items() if on_backbone(d["backbone"], f"{block}.{k}.backbone")}
+
+
+def _built_rows(table, decl):
+    """A table's rows whose runs are built; a row mixing built and unbuilt runs is an error."""
+    rows = []
+    for row in decl["rows"]:
+        runs = row.get("runs") or [row["run"]]
+        for r in runs:
+            if r not in DECLARED_RUNS:
+                raise ValueError(f"config key tables.{table}.rows: run {r!r} is not declared under runs")
+        if all(r in RUNS for r in runs):
+            rows.append(row)
+        elif any(r in RUNS for r in runs):
+            raise ValueError(f"config key tables.{table}.rows: the runs {runs} of one row are on backbones the "
+                             "config has and does not have")
+    return rows
+
+
+TABLES = {t: {**d, "rows": _built_rows(t, d)} for t, d in config["tables"].items()}
+TABLES = {t: d for t, d in TABLES.items() if d["rows"]}  # a table of left-out backbones only is not built
+for _t, _d in TABLES.items():  # the paper's columns only where a built row stands for one of its rows
+    _cites = ("paper_row", "paper_rows", "paper_block", "paper_setting", "paper_table")
+    if _d.get("paper_table") and not any(r.get(k) for r in _d["rows"] for k in _cites):
+        TABLES[_t] = {k: v for k, v in _d.items() if k != "paper_table"}
+CLAIMS = {}
+for _claim, _decl in (config.get("claims") or {}).items():
+    _runs = [r for _side in ("ours", "baseline") for r in _decl[_side]["runs"]]
+    for _r in _runs:
+        if _r not in DECLARED_RUNS:
+            raise ValueError(f"config key claims.{_claim}: run {_r!r} is not declared under runs")
+    if all(r in RUNS for r in _runs):
+        CLAIMS[_claim] = _decl
+DEME_SETS = _built("deme_sets")  # DeMe: N range models of one backbone, merged by a search
+FINETUNES = _built("finetunes")  # further training: full fine-tuning, prompt tuning, DMP
+STUDENTS = _built("students")  # distilled few-step students (DMD2, WaDi)
+for _block, _decls in {"deme_sets": DEME_SETS, "finetunes": FINETUNES, "students": STUDENTS}.items():
+    for _name, _d in _decls.items():
+        if _d["backbone"] in REAL_BACKBONES:
+            raise ValueError(f"config key {_block}.{_name}: {_block} on a paper model ({_d['backbone']}) are not "
+                             "built yet; they run on the miniature's backbones")
 TASKS = ["gors", "post"]  # domain adaptation on GORS prompt images | post-pretraining on the pre-training data
 EXPERT_SET = r"[a-z0-9]+-[a-z0-9]+-n\d+-r\d+-s\d+(?:-seed\d+)?"
 
@@ -54,6 +128,12 @@ def check_expert_set(name, where):
     if es.backbone not in BACKBONES or es.task not in TASKS:
         raise ValueError(f"config key {where}: expert set {name!r} needs a backbone in {BACKBONES} "
                          f"and a task in {TASKS}")
+    if es.backbone in REAL_BACKBONES and es.task != "post":
+        raise ValueError(f"config key {where}: expert set {name!r}: a paper model trains on its post-pretraining "
+                         "data (task post); GORS data at real scale is not built yet")
+    if es.backbone in REAL_BACKBONES and "data" not in config["backbones"][es.backbone]:
+        raise ValueError(f"config key backbones.{es.backbone}.data: expert set {name!r} trains on the backbone's "
+                         "post-pretraining data, which is not set")
     return es
 
 
@@ -87,6 +167,11 @@ for _run, _spec in RUNS.items():
                                                  or "compbench" in _spec.get("evaluate", ["compbench"])):
         raise ValueError(f"config key runs.{_run}: the class-conditional {_spec['backbone']} has base and finetune "
                          "runs only, evaluated with `evaluate: [fid]` (CompBench-mini prompts are not classes)")
+for _run, _spec in RUNS.items():
+    if _spec["backbone"] in REAL_BACKBONES and (_spec["method"] not in ("base", "lora", "tsm1", "tsm2")
+                                                or "compbench" in _spec.get("evaluate", ["compbench"])):
+        raise ValueError(f"config key runs.{_run}: a paper model has base, lora, tsm1 and tsm2 runs, evaluated with "
+                         "`evaluate: [fid]` (FID on COCO2014); CompBench at real scale is not built yet")
 for _name, _d in STUDENTS.items():
     if _d["backbone"] not in BACKBONES:
         raise ValueError(f"config key students.{_name}.backbone: {_d['backbone']!r} is not in backbones")
@@ -132,12 +217,16 @@ def get_table_runs(table):
 
 # Parts: the tables in groups, each a target of its own that fits one session's run (docs/results/<part>). Every
 # table is in one part; a claim goes to the first part whose tables hold all its runs. Without `parts`, one part.
-PARTS = config.get("parts") or {"all": list(TABLES)}
+PARTS = {}
+for _part, _tables in (config.get("parts") or {"all": list(config["tables"])}).items():
+    for _t in _tables:
+        if _t not in config["tables"]:
+            raise ValueError(f"config key parts.{_part}: table {_t!r} is not declared under tables")
+    if any(t in TABLES for t in _tables):  # a part of unbuilt tables only is left out
+        PARTS[_part] = [t for t in _tables if t in TABLES]
 _part_of = {}
 for _part, _tables in PARTS.items():
     for _t in _tables:
-        if _t not in TABLES:
-            raise ValueError(f"config key parts.{_part}: table {_t!r} is not declared under tables")
         if _t in _part_of:
             raise ValueError(f"config key parts.{_part}: table {_t!r} is already in part {_part_of[_t]!r}")
         _part_of[_t] = _part
@@ -157,6 +246,17 @@ for _claim, _decl in CLAIMS.items():
 _inception = config["evaluation"]["fid"].get("inception_weights")
 if _inception and not os.path.isfile(_inception):
     raise ValueError(f"config key evaluation.fid.inception_weights: {_inception} is not a file")
+_offline = [b for b in REAL_BACKBONES if config["backbones"][b].get("local_files_only")]
+if _offline and not _inception:
+    raise ValueError(f"config key evaluation.fid.inception_weights: the offline backbones {_offline} "
+                     "(local_files_only: true) need a local copy of clean-fid's Inception weights, "
+                     "inception-2015-12-05.pt (clean-fid would download it)")
+# a paper model's data paths are checked as the DAG is built: placeholders fail a dry run, naming the key
+for _b in REAL_BACKBONES:
+    if "data" in config["backbones"][_b]:
+        check_image_text_paths(config["backbones"][_b]["data"], f"backbones.{_b}.data")
+if REAL_BACKBONES:
+    check_coco_paths(config["coco"])
 
 
 wildcard_constraints:
@@ -183,15 +283,15 @@ def get_compbench_files():
 
 
 def get_model_dir(name):
-    return f"{RESULTS}/models/{name}"
+    return layout.model_dir(name)
 
 
 def get_base_dir(backbone):
-    return f"{RESULTS}/models/base/{backbone}"
+    return layout.base_dir(backbone)
 
 
 def get_run_path(run, name):
-    return f"{RESULTS}/runs/{run}/{name}"
+    return layout.run_path(run, name)
 
 
 def get_prompt_images_dir(backbone):
@@ -206,6 +306,8 @@ def get_world_split(split, backbone):
 def get_task_data(task, backbone):
     """Fine-tuning data of a task: cached latents and the dataset dir whose labels.jsonl has the captions (for a
     class-conditional backbone, its classes split: "post" is further training on its pre-training data)."""
+    if task == "post" and backbone in REAL_BACKBONES:
+        return get_image_text_data(backbone)
     if task == "gors" and backbone not in CLASS_BACKBONES:
         return {"latents": f"{RESULTS}/gors/{backbone}_latents.safetensors", "data": get_prompt_images_dir(backbone)}
     if task == "post":
@@ -215,8 +317,27 @@ def get_task_data(task, backbone):
                      "class-conditional backbone)")
 
 
+def get_image_text_data(backbone):
+    """A paper model's post-pretraining data, encoded by its own VAE: latents, and the dir with labels.jsonl."""
+    return {"latents": f"{RESULTS}/data/{backbone}_post_latents.safetensors", "data": f"{RESULTS}/data/{backbone}_post"}
+
+
 def get_expert_dir(expert_set, interval):
-    return f"{RESULTS}/experts/{expert_set}/expert{interval}"
+    return layout.expert_dir(expert_set, interval)
+
+
+def get_backbone_spec(backbone):
+    """A rule's `backbone` param: what loading the backbone reads (a paper model's pipeline, or the miniature arch)."""
+    return backbone_spec(config, backbone)
+
+
+def get_lora_params(backbone):
+    """LoRA settings of a backbone's experts: its own `lora` (a paper model's, TSM Sup. A), else config `lora`."""
+    return config["backbones"][backbone].get("lora") or config["lora"]
+
+
+def get_router_params(backbone):
+    return config["backbones"][backbone].get("router") or config["router"]
 
 
 def get_expert_dirs(expert_set):
@@ -225,6 +346,9 @@ def get_expert_dirs(expert_set):
 
 
 def _backbone_inputs(backbone):
+    """The trained components a miniature backbone loads from (a paper model loads its pipeline: none)."""
+    if backbone in REAL_BACKBONES:
+        return {}
     inputs = {"model": get_base_dir(backbone), "vae": get_model_dir("vae")}
     if backbone not in CLASS_BACKBONES:  # a class-conditional model reads no text
         inputs["text_encoder"] = get_model_dir("text_encoder")
@@ -394,8 +518,8 @@ def get_sampling_params():
 
 
 def get_run_sampling(run):
-    """A run's sampler: config `sampling` with the run's own `sampling` keys over it, or a distilled student's
-    (its timesteps, no guidance)."""
+    """A run's sampler: config `sampling`, its backbone's `sampling` keys over it, then the run's own; or a distilled
+    student's (its timesteps, no guidance)."""
     spec = RUNS[run]
     if spec["method"] == "distill":
         if spec.get("sampling"):
@@ -403,7 +527,8 @@ def get_run_sampling(run):
         return {**student_sampling(STUDENTS[spec["student"]]["timesteps"],
                                    config["backbones"][spec["backbone"]]["num_train_timesteps"]),
                 "precision": get_sampling_params()["precision"]}
-    return {**get_sampling_params(), **spec.get("sampling", {})}
+    backbone = config["backbones"][spec["backbone"]].get("sampling", {})
+    return {**get_sampling_params(), **backbone, **spec.get("sampling", {})}
 
 
 def runs_regex(runs):
@@ -413,9 +538,11 @@ def runs_regex(runs):
 def get_run_eval_inputs(wildcards):
     backbone = RUNS[wildcards.run]["backbone"]
     inputs = {**get_run_model_inputs(wildcards), "trained": get_run_trained_dirs(wildcards),
-              "reference": get_split_dir(get_world_split("reference", backbone)),
-              "fid_reference": get_fid_reference(backbone),
-              "evaluator": get_model_dir("evaluator"), "validation": f"{RESULTS}/evaluator/validation.json"}
+              "fid_reference": get_fid_reference(backbone)}
+    if backbone in REAL_BACKBONES:  # COCO captions and images; Inception features, no evaluator
+        return {**inputs, "reference": get_coco_reference()}
+    inputs.update(reference=get_split_dir(get_world_split("reference", backbone)), evaluator=get_model_dir("evaluator"),
+                  validation=f"{RESULTS}/evaluator/validation.json")
     fid = config["evaluation"]["fid"]
     if fid.get("patch_fid") and fid["feature_space"] == "shapes":  # Patch-FID of the same samples
         inputs["patch_reference"] = get_fid_reference(backbone, "patch")
@@ -424,10 +551,18 @@ def get_run_eval_inputs(wildcards):
     return inputs
 
 
+def get_coco_reference():
+    """COCO2014 val (a paper model's FID): the reference images, and the captions its samples answer."""
+    return f"{RESULTS}/data/coco_reference"
+
+
 def get_fid_reference(backbone=None, feature_space=None):
-    """FID reference statistics of a backbone's held-out split (the text world's without a backbone)."""
-    prefix = "classes_" if backbone in CLASS_BACKBONES else ""
+    """FID reference statistics of a backbone's held-out split (the text world's without a backbone; COCO2014 val
+    for a paper model)."""
     space = feature_space or config["evaluation"]["fid"]["feature_space"]
+    if backbone in REAL_BACKBONES:
+        return f"{RESULTS}/data/fid_reference_coco_{space}.npz"
+    prefix = "classes_" if backbone in CLASS_BACKBONES else ""
     return f"{RESULTS}/evaluator/fid_reference_{prefix}{space}.npz"
 
 
@@ -530,9 +665,11 @@ def gpu_resources():
 
 
 def get_final_outputs():
+    # the miniature's foundation (its summary, evaluator report, data coverage, curves), where it has backbones
+    foundation = [f"{RESULTS}/foundation.md", f"{RESULTS}/evaluator/validation.md", f"{RESULTS}/data/coverage.md",
+                  f"{RESULTS}/plots/training_curves.png", f"{RESULTS}/vae/reconstruction.png"]
     return [
-        f"{RESULTS}/foundation.md",
-        f"{RESULTS}/evaluator/validation.md",
+        *(foundation if TEXT_BACKBONES else []),
         *[f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")],
         *([f"{RESULTS}/tables/claims.md"] if CLAIMS else []),
         *[f"{RESULTS}/plots/{t}_categories.png" for t in TABLES if set(CATEGORIES) & set(TABLES[t]["columns"])],
@@ -543,11 +680,10 @@ def get_final_outputs():
           if p in ("deme_sensitivity", "fid_vs_steps", "weight_change")],
         *[f"{RESULTS}/plots/dmp_activation_{f}.png" for f in FINETUNES if FINETUNES[f]["method"] == "dmp"
           and FINETUNES[f].get("dmp", {}).get("gate", "soft") != "none"],
-        *[get_run_path(r, "gates.png") for t in TABLES for r in get_table_runs(t) if RUNS[r]["method"] == "tsm2"],
+        # gates while sampling CompBench-mini prompts: the miniature's 2-stage runs
+        *[get_run_path(r, "gates.png") for t in TABLES for r in get_table_runs(t) if RUNS[r]["method"] == "tsm2"
+          and RUNS[r]["backbone"] in MINI_BACKBONES],
         *[f"{RESULTS}/plots/{t}_score_vs_n.png" for t in TABLES if "score_vs_n" in TABLES[t].get("plots", [])],
-        f"{RESULTS}/data/coverage.md",
-        f"{RESULTS}/plots/training_curves.png",
-        f"{RESULTS}/vae/reconstruction.png",
         *[f"{RESULTS}/samples/base/{b}.png" for b in TEXT_BACKBONES],
     ]
 

@@ -69,3 +69,21 @@ use rule render_dataset as render_classes with:
         get_log("render_classes", "{split}"),
     benchmark:
         get_benchmark("render_classes", "{split}")
+
+
+# COCO2014 val for a paper model's FID (config `coco`): n_reference images, cropped and resized, and their captions
+rule coco_reference:
+    output:
+        reference=directory(get_coco_reference()),
+    params:
+        coco=config.get("coco"),
+        n_samples=config["evaluation"]["fid"]["n_samples"],
+    log:
+        get_log("coco_reference"),
+    benchmark:
+        get_benchmark("coco_reference")
+    threads: get_threads("coco_reference")
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/coco_reference.py"

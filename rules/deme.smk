@@ -84,9 +84,9 @@ rule plot_deme_sensitivity:
             labels={"table": "{table}", "plot": "N and p sensitivity"},
         ),
     params:
-        decl=lambda wc: config["tables"][wc.table],
+        decl=lambda wc: TABLES[wc.table],
         deme_sets=DEME_SETS,
-        runs=lambda wc: {r["run"]: config["runs"][r["run"]] for r in config["tables"][wc.table]["rows"]},
+        runs=lambda wc: {r["run"]: RUNS[r["run"]] for r in TABLES[wc.table]["rows"]},
     log:
         get_log("plot_deme_sensitivity", "{table}"),
     benchmark:

@@ -36,7 +36,7 @@ rule plot_weight_change:
         ),
     params:
         labels=lambda wc: get_table_students(wc.table),
-        title=lambda wc: config["tables"][wc.table]["title"],
+        title=lambda wc: TABLES[wc.table]["title"],
     log:
         get_log("plot_weight_change", "{table}"),
     benchmark:

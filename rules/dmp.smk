@@ -93,7 +93,7 @@ rule plot_fid_vs_steps:
             labels={"table": "{table}", "plot": "FID over further training"},
         ),
     params:
-        decl=lambda wc: config["tables"][wc.table],
+        decl=lambda wc: TABLES[wc.table],
         runs=RUNS,
         finetunes=FINETUNES,
     log:

@@ -60,6 +60,7 @@ rule fid_reference_stats:
         stats=f"{RESULTS}/evaluator/fid_reference_{{feature_space}}.npz",
     params:
         inception_weights=get_inception_weights,
+        keep_features=True,  # precision and recall need the reference samples, not only their moments
     log:
         get_log("fid_reference_stats", "{feature_space}"),
     benchmark:
@@ -87,6 +88,7 @@ rule evaluate_run:
         run=runs_regex([r for r in RUNS if "compbench" in run_evaluations(r)]),
     params:
         run=lambda wc: RUNS[wc.run],
+        backbone=lambda wc: get_backbone_spec(RUNS[wc.run]["backbone"]),
         sampling=lambda wc: get_run_sampling(wc.run),
         images_per_prompt=config["evaluation"]["images_per_prompt"],
         seed=config["evaluation"]["seed"],
@@ -117,6 +119,7 @@ use rule evaluate_run as evaluate_run_fid with:
     # `use rule` merges params: the CompBench-only ones are set to None, so their keys do not rerun FID-only runs
     params:
         run=lambda wc: RUNS[wc.run],
+        backbone=lambda wc: get_backbone_spec(RUNS[wc.run]["backbone"]),
         sampling=lambda wc: get_run_sampling(wc.run),
         images_per_prompt=None,
         seed=config["evaluation"]["seed"],
@@ -140,3 +143,18 @@ use rule fid_reference_stats as fid_reference_stats_classes with:
         get_log("fid_reference_stats_classes", "{feature_space}"),
     benchmark:
         get_benchmark("fid_reference_stats_classes", "{feature_space}")
+
+
+# the reference of a paper model's FID: COCO2014 val (rule coco_reference), Inception features
+use rule fid_reference_stats as fid_reference_stats_coco with:
+    input:
+        data=get_coco_reference(),
+    output:
+        stats=f"{RESULTS}/data/fid_reference_coco_{{feature_space}}.npz",
+    params:
+        inception_weights=get_inception_weights,
+        keep_features=False,  # FID-30K's 40K x 2048 features would take 660 MB: no precision/recall here
+    log:
+        get_log("fid_reference_stats_coco", "{feature_space}"),
+    benchmark:
+        get_benchmark("fid_reference_stats_coco", "{feature_space}")

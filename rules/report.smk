@@ -14,7 +14,7 @@ rule make_table:
         ),
         tex=f"{RESULTS}/tables/{{table}}.tex",
     params:
-        decl=lambda wc: config["tables"][wc.table],
+        decl=lambda wc: TABLES[wc.table],
     log:
         get_log("make_table", "{table}"),
     benchmark:
@@ -131,7 +131,7 @@ rule plot_table_categories:
             labels={"table": "{table}", "plot": "CompBench-mini per category"},
         ),
     params:
-        decl=lambda wc: config["tables"][wc.table],
+        decl=lambda wc: TABLES[wc.table],
     log:
         get_log("plot_table_categories", "{table}"),
     benchmark:
@@ -154,7 +154,7 @@ rule plot_table_fid:
             labels={"table": "{table}", "plot": "FID"},
         ),
     params:
-        decl=lambda wc: config["tables"][wc.table],
+        decl=lambda wc: TABLES[wc.table],
     log:
         get_log("plot_table_fid", "{table}"),
     benchmark:
@@ -202,7 +202,7 @@ rule plot_score_vs_n:
             labels={"table": "{table}", "plot": "score vs n"},
         ),
     params:
-        decl=lambda wc: config["tables"][wc.table],
+        decl=lambda wc: TABLES[wc.table],
     log:
         get_log("plot_score_vs_n", "{table}"),
     benchmark:

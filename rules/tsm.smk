@@ -55,7 +55,8 @@ rule train_expert:
     output:
         expert=directory(get_expert_dir("{expert_set}", "{interval}")),
     params:
-        lora=config["lora"],
+        lora=lambda wc: get_lora_params(ExpertSet.parse(wc.expert_set).backbone),
+        backbone=lambda wc: get_backbone_spec(ExpertSet.parse(wc.expert_set).backbone),
     log:
         get_log("train_expert", "{expert_set}", "{interval}"),
     benchmark:
@@ -76,8 +77,9 @@ rule assemble_router:
         router=directory(get_run_path("{run}", "router")),
     params:
         spec=lambda wc: RUNS[wc.run],
-        router=config["router"],
-        caption_dropout=config["lora"]["caption_dropout"],
+        router=lambda wc: get_router_params(RUNS[wc.run]["backbone"]),
+        caption_dropout=lambda wc: get_lora_params(RUNS[wc.run]["backbone"])["caption_dropout"],
+        backbone=lambda wc: get_backbone_spec(RUNS[wc.run]["backbone"]),
     log:
         get_log("assemble_router", "{run}"),
     benchmark:

@@ -70,3 +70,26 @@ use rule encode_latents as encode_classes_latents with:
         get_log("encode_classes_latents"),
     benchmark:
         get_benchmark("encode_classes_latents")
+
+
+# a paper model's post-pretraining data (config backbones.<name>.data), encoded once by its own VAE
+rule encode_image_text:
+    output:
+        latents=get_image_text_data("{backbone}")["latents"],
+        data=directory(get_image_text_data("{backbone}")["data"]),
+    wildcard_constraints:
+        backbone="|".join(REAL_BACKBONES) or "(?!)",
+    params:
+        spec=lambda wc: get_backbone_spec(wc.backbone),
+        data=lambda wc: config["backbones"][wc.backbone]["data"],
+    log:
+        get_log("encode_image_text", "{backbone}"),
+    benchmark:
+        get_benchmark("encode_image_text", "{backbone}")
+    threads: get_threads("encode_image_text")
+    resources:
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/encode_image_text.py"

@@ -6,7 +6,7 @@ from tsmflow.data.io import atomic_path, read_json, read_labels, write_json
 from tsmflow.evaluation.evaluator import load_evaluator
 from tsmflow.evaluation.run import fid_record, run_metrics
 from tsmflow.evaluation.scoring import check_validated, score_folder
-from tsmflow.runs import load_run_backbone
+from tsmflow.runs import load_run_backbone, run_fingerprint
 from tsmflow.sampling.folders import caption_folder, compbench_folder
 from tsmflow.workflow import setup
 
@@ -21,7 +21,7 @@ uses_evaluator = "compbench" in out.keys() or space in ("shapes", "patch")
 # checked before any sampling: an evaluator that failed validation stops the job at once
 validated = check_validated(inp.validation, p.require_validated) if uses_evaluator else True
 evaluator = load_evaluator(inp.evaluator) if uses_evaluator else None
-bb = load_run_backbone(p.run, inp)
+bb = load_run_backbone(p.run, inp, p.backbone)
 # a distilled student's sampler has its timesteps instead of steps and guidance
 kw = {k: sampling[k] for k in ("steps", "guidance_scale", "solver", "timesteps", "precision") if k in sampling}
 
@@ -35,7 +35,10 @@ if "compbench" in out.keys():
     with atomic_path(out.scores) as tmp:
         scores.to_csv(tmp, index=False)
 
-caption_folder(bb, captions[: p.fid["n_samples"]], out.fid_samples, p.seed, latents=p.fid_latents, **kw)
+# a paper model's FID-30K takes hours: a killed job's rerun keeps the batches this same model finished
+resume = run_fingerprint(p.backbone, p.run, inp.trained) if p.backbone["family"] != "mini" else None
+caption_folder(bb, captions[: p.fid["n_samples"]], out.fid_samples, p.seed, latents=p.fid_latents,
+               batch_size=p.fid.get("batch_size", 64), resume_key=resume, **kw)
 fid = fid_record(evaluator if space in ("shapes", "patch") else None, out.fid_samples, inp.fid_reference, space,
                  validated, n_boot=p.fid["n_boot"], seed=p.seed, inception_weights=p.fid.get("inception_weights"))
 if "patch_reference" in inp.keys():  # Patch-FID: the same samples' quadrants, the same features

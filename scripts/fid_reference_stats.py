@@ -13,8 +13,7 @@ feats = folder_features(model, f"{snakemake.input.data}/images", feature_space=s
                         inception_weights=snakemake.params.inception_weights).astype(np.float64)
 if len(feats) < 2:
     raise DataError(f"{snakemake.input.data}/images: FID needs at least 2 images, found {len(feats)}")
-# the features themselves too: precision and recall need the reference samples, not only their moments
 save_stats(snakemake.output.stats, feats.mean(0), np.cov(feats, rowvar=False), len(feats), feature_space=space,
-           features=feats)
+           features=feats if snakemake.params.keep_features else None)
 n = len(feats)
 print(f"reference stats ({space}): {n} images")

@@ -1,12 +1,10 @@
-"""TSM fostering: train one LoRA expert of an expert set on its timestep interval."""
+"""TSM fostering: train one LoRA expert of an expert set on its timestep interval (vanilla LoRA when n=1)."""
 from tsmflow.expert_sets import ExpertSet
-from tsmflow.models.backbone import load_mini_backbone
+from tsmflow.models.backbone import load_backbone
 from tsmflow.training.experts import train_expert
 from tsmflow.workflow import setup
 
 setup(snakemake)
-es = ExpertSet.parse(snakemake.wildcards.expert_set)
-i = snakemake.input
-bb = load_mini_backbone(es.backbone, i.model, i.vae, i.text_encoder)
-print(train_expert(bb, es, int(snakemake.wildcards.interval), snakemake.params.lora, i.latents,
+es, i, p = ExpertSet.parse(snakemake.wildcards.expert_set), snakemake.input, snakemake.params
+print(train_expert(load_backbone(p.backbone, i), es, int(snakemake.wildcards.interval), p.lora, i.latents,
                    f"{i.data}/labels.jsonl", snakemake.output.expert))

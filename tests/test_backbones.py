@@ -429,13 +429,12 @@ def test_sd3_spec_puts_lora_on_both_clips_and_names_t5_when_its_targets_are_clip
     """config/backbones/sd3.yaml's per-encoder targets train on SD3 with its T5; one CLIP-named list for every
     encoder fails in the first job, naming the encoder (peft's own error names neither it nor the key)."""
     from tsmflow.adapters.lora import LoraSpec, add_lora, lora_parts
-    from tsmflow.config import load_backbone_config
-    from tsmflow.backbone_spec import lora_config
+    from tsmflow.config import load_config
     family, path, _ = saved
     if family != "sd3":
         pytest.skip("SD3 only")
     root = Path(__file__).resolve().parents[1]
-    cfg = lora_config(load_backbone_config(root / "config/backbones/sd3.yaml"))
+    cfg = load_config(root / "config/backbones/sd3.yaml")["backbones"]["sd3"]["lora"]
     spec = LoraSpec(rank=2, alpha=2, denoiser_targets=cfg["denoiser_targets"],
                     text_encoder_targets=cfg["text_encoder_targets"])
     bb = load_backbone({"family": family, "pretrained": str(path), "local_files_only": True})

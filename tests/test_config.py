@@ -4,7 +4,7 @@ import subprocess
 import pytest
 import yaml
 
-from tsmflow.config import ConfigError, load_backbone_config
+from tsmflow.config import ConfigError, load_config
 
 
 def dry_run(snakemake_bin, root, tmp_path, mutate):
@@ -98,25 +98,37 @@ def test_threads_may_only_name_rules(snakemake_bin, root, tmp_path):
     assert r.returncode != 0 and "config key threads: no rule named train_expertx" in r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("name", ["sd15", "sd2", "pixart_alpha", "sd3"])
+@pytest.mark.parametrize("name", ["sd15", "sd2", "pixart", "sd3"])
 def test_backbone_configs_carry_sup_a_hyperparameters(root, name):
-    cfg = load_backbone_config(root / f"config/backbones/{name}.yaml")
-    assert cfg["lora"]["denoiser_target_modules"] == ["to_q", "to_k", "to_v", "to_out.0"]
-    assert cfg["lora"]["rank"] == cfg["lora"]["alpha"] == 4
-    assert cfg["optim"]["global_batch_size"] == 64 and cfg["optim"]["steps"] == 4000
-    assert cfg["tsm"] == {"core": 8, "context": [1]}
-    lr = {"sd15": 1e-4, "sd2": 1e-4, "pixart_alpha": 2e-5, "sd3": 1e-5}[name]
-    assert cfg["optim"]["denoiser"]["lr"] == lr
+    cfg = load_config(root / f"config/backbones/{name}.yaml")
+    assert list(cfg["backbones"]) == [name]  # the default's miniature backbones are replaced, its tables kept
+    assert cfg["tables"] == load_config(root / "config/config.yaml")["tables"]
+    lora = cfg["backbones"][name]["lora"]
+    assert lora["denoiser_targets"] == ["to_q", "to_k", "to_v", "to_out.0"] and lora["alpha_over_rank"] == 1.0
+    train = lora["train"]
+    assert train["batch_size"] * train["grad_accum"] == 64 and train["warmup_steps"] == 0
+    lr = {"sd15": 1e-4, "sd2": 1e-4, "pixart": 2e-5, "sd3": 1e-5}[name]
+    assert train["lr"] == lr == cfg["backbones"][name]["router"]["train"]["lr"]
+    assert cfg["backbones"][name]["router"]["train"]["steps"] == 4000
+    # TSM Sup. A: 8 core experts of rank 4 and one context expert, 4000 steps each
+    assert cfg["runs"][f"tsm2_{name}"] == {"method": "tsm2", "backbone": name, "core": f"{name}-post-n8-r4-s4000",
+                                           "context": [f"{name}-post-n1-r4-s4000"], "evaluate": ["fid"]}
+    assert cfg["evaluation"]["fid"]["feature_space"] == "inception" and cfg["evaluation"]["fid"]["n_samples"] == 30000
 
 
 def test_bad_backbone_config(root, tmp_path):
     bad = yaml.safe_load((root / "config/backbones/sd15.yaml").read_text())
-    bad["lora"]["rank"] = "four"
+    bad["backbones"]["sd15"]["resolution"] = "512"
+    bad["extends"] = str(root / "config/config.yaml")
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(ConfigError, match=r"key lora.rank: 'four' is not of type 'integer'"):
-        load_backbone_config(tmp_path / "b.yaml")
+    with pytest.raises(ConfigError, match=r"key backbones.sd15.resolution: '512' is not of type 'integer'"):
+        load_config(tmp_path / "b.yaml")
     with pytest.raises(ConfigError, match="not found"):
-        load_backbone_config(tmp_path / "missing.yaml")
+        load_config(tmp_path / "missing.yaml")
+    bad["extends"] = "absent.yaml"
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="key extends: .*absent.yaml is not a file"):
+        load_config(tmp_path / "b.yaml")
 
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -211,7 +223,7 @@ def test_parsing_the_workflow_imports_neither_torch_nor_diffusers(root):
     assert len(lines) >= 4 and not heavy, f"parsing imports {heavy} via {lines}"
 
 
-@pytest.mark.parametrize("script", ["make_table", "make_claims", "publish_part", "publish_index", "plot_table", "real_table",
+@pytest.mark.parametrize("script", ["make_table", "make_claims", "publish_part", "publish_index", "plot_table",
                                     "plot_training_curves", "plot_score_vs_n", "plot_fid_vs_steps",
                                     "plot_deme_sensitivity", "plot_deme_cosine", "plot_weight_change",
                                     "foundation_summary", "data_coverage"])
@@ -232,7 +244,8 @@ def test_memory_and_runtime_live_in_the_slurm_profile_and_it_names_only_real_rul
     profile = yaml.safe_load((root / "profiles/slurm/config.yaml").read_text())
     unknown = sorted(set(profile["set-resources"]) - rules)
     assert not unknown, f"profiles/slurm/config.yaml sizes rules that do not exist: {unknown}"
-    gpu_rules = {"train_expert", "distill_student", "evaluate_run", "real_train_expert", "real_sample_fid"}
+    gpu_rules = {"train_expert", "assemble_router", "distill_student", "evaluate_run", "evaluate_run_fid",
+                 "encode_image_text"}
     assert all("mem_mb" in profile["set-resources"][r] and "runtime" in profile["set-resources"][r]
                for r in gpu_rules)
 
@@ -245,3 +258,15 @@ def test_the_method_registry_is_the_schema_s_list_of_run_methods(root):
     assert [m for m, d in METHODS.items() if d.router] == ["tsm2", "moe_lora"]
     with pytest.raises(ConfigError, match="runs.x.method: 'tsm3'"):
         method_of({"method": "tsm3"}, "runs.x")
+
+
+def test_extends_replaces_whole_top_level_blocks_and_follows_chains(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"a": {"x": 1, "y": 2}, "b": [1], "c": "base"}))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/mid.yaml").write_text(yaml.safe_dump({"extends": "../base.yaml", "a": {"x": 3}}))
+    (tmp_path / "sub/top.yaml").write_text(yaml.safe_dump({"extends": "mid.yaml", "c": "top"}))
+    from tsmflow.config import extend
+    top = yaml.safe_load((tmp_path / "sub/top.yaml").read_text())
+    # `a` is mid's whole block (its y is gone, not merged), `c` is top's, `b` the base's; no `extends` is left
+    assert extend(top, tmp_path / "sub/top.yaml") == {"a": {"x": 3}, "b": [1], "c": "top"}
+    assert extend({"c": 1}, tmp_path / "x.yaml") == {"c": 1}  # a complete config is returned as it is

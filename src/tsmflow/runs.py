@@ -7,19 +7,26 @@ attach to the base denoiser; DMP's prompts and DeMe's range ensemble wrap it; TS
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
+import torch
 from safetensors.torch import load_file
 
-from .expert_sets import ExpertSet
 from .adapters.dmp import load_dmp
 from .adapters.lora import DENOISER_PREFIX, load_lora, lora_parts, read_lora_spec
 from .adapters.router import ExpertMixture, MergedIntervalExperts, Scale
-from .data.io import read_json
+from .data.io import DataError, read_json
 from .merging.deme import RangeEnsemble, load_range_states
 from .methods import method_of
-from .models.backbone import Backbone, load_mini_backbone
+from . import layout
+from .config import ConfigError, load_config
+from .expert_sets import ExpertSet, run_expert_sets
+from .families import backbone_spec
+from .models.backbone import Backbone, device, load_backbone
 
 ROUTER_WEIGHTS = "router.safetensors"
 ROUTER_CONFIG = "router.json"
@@ -77,14 +84,64 @@ def finetune_dir(spec: dict, finetune_out) -> Path:
     return d / f"step{spec['step']}" if spec.get("step") else d
 
 
-def load_run_backbone(spec: dict, inputs) -> Backbone:
-    """`spec` is the run's config block; `inputs` the rule's named inputs (model, vae, text_encoder, ...)."""
+def load_run_backbone(spec: dict, inputs, backbone: dict | None = None) -> Backbone:
+    """`spec` is the run's config block; `inputs` the rule's named inputs (model, vae, text_encoder, experts, ...);
+    `backbone` the rule's backbone param (`backbone_spec`; default: the miniature's arch of the run). A real
+    family's run is placed on the job's device, with its routers."""
+    backbone = backbone or {"family": "mini", "arch": spec["backbone"]}
     dmp = getattr(inputs, "dmp", None)  # a finetune run of prompts; otherwise `model` holds its weights
+    model = getattr(inputs, "model", None)
     # the finetune job wrote the denoiser (full; from scratch, its patch beside it), not the base model
-    own = spec["method"] == "finetune" and (dmp is None or Path(inputs.model) == Path(dmp))
-    model = finetune_dir(spec, inputs.model) if own else inputs.model  # a distill run's: the merged student
-    bb = load_mini_backbone(spec["backbone"], model, inputs.vae, getattr(inputs, "text_encoder", None))
-    return attach_run_adapters(bb, spec, inputs)
+    if spec["method"] == "finetune" and (dmp is None or Path(model) == Path(dmp)):
+        model = finetune_dir(spec, model)  # a distill run's `model` is the merged student itself
+    bb = attach_run_adapters(load_backbone(backbone, inputs, model=model), spec, inputs)
+    if backbone["family"] != "mini":
+        bb.to(device())
+        for r in bb.routers:
+            if isinstance(r, torch.nn.Module):
+                r.to(bb.device)
+    return bb
+
+
+def run_fingerprint(backbone: dict, spec: dict, trained_dirs: list) -> str:
+    """What a run's samples depend on: its backbone (which names the pre-trained weights), the run, and the bytes
+    of every file it trained. A sampling job resumes only work with the same fingerprint (FID-30K takes hours)."""
+    h = hashlib.sha256(json.dumps([backbone, spec], sort_keys=True, default=str).encode())
+    for d in trained_dirs:
+        for f in sorted(p for p in Path(d).rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(d)}\0".encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def load_run(configfile, run: str, workdir=".") -> Backbone:
+    """A TSM run the workflow trained (base, lora, tsm1 or tsm2), ready to sample, outside the DAG.
+
+    `configfile` is the config the DAG ran with (e.g. config/backbones/sd15.yaml), `workdir` where it ran. Then
+    ``sampling.sample.generate(bb, prompts, seeds, steps=50, guidance_scale=7.5)`` gives uint8 images.
+    """
+    config = load_config(configfile)
+    runs = {r: s for r, s in config["runs"].items() if s["backbone"] in config["backbones"]}
+    if run not in runs:
+        raise ConfigError(f"run {run!r} is not one of this config's runs {sorted(runs)}")
+    spec = runs[run]
+    m = method_of(spec)
+    if spec["method"] != "base" and not m.experts:
+        raise ConfigError(f"run {run!r}: load_run loads base, lora, tsm1 and tsm2 runs, not {spec['method']}")
+    w = Path(workdir)
+    paths = {"model": w / layout.base_dir(spec["backbone"]), "vae": w / layout.model_dir("vae"),
+             "text_encoder": w / layout.model_dir("text_encoder"),
+             "experts": [w / layout.expert_dir(s, i) for s in run_expert_sets(spec)
+                         for i in range(ExpertSet.parse(s).n)]}
+    if m.router:
+        paths["router"] = w / layout.run_path(run, m.router)
+    bb = backbone_spec(config, spec["backbone"])
+    needed = paths["experts"] + ([paths["router"]] if m.router else []) + \
+        ([paths["model"], paths["vae"]] if bb["family"] == "mini" else [])
+    for d in needed:
+        if not d.is_dir():
+            raise DataError(f"{d}: not trained yet (run the workflow for {layout.run_path(run, 'metrics.json')})")
+    return load_run_backbone(spec, SimpleNamespace(**paths), bb)
 
 
 def attach_run_adapters(bb: Backbone, spec: dict, inputs) -> Backbone:

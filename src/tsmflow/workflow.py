@@ -14,7 +14,7 @@ import sys
 
 # the rules whose scripts run `training.loop.train` on a denoiser: worth several GPUs
 TRAINING_RULES = {"pretrain_base", "train_expert", "assemble_router", "train_moe_lora", "train_full", "train_dmp",
-                  "deme_finetune_range", "real_train_expert", "real_assemble_router"}
+                  "deme_finetune_range"}
 CHILD = "TSMFLOW_ACCELERATE_CHILD"
 # config `accelerate_launch`, passed by the Snakefile through the environment: how a job runs, not what it
 # computes, so it stays out of rule params (toggling it reruns nothing) and scripts never read the config

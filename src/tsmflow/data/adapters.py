@@ -331,21 +331,24 @@ def expand_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> li
     return paths
 
 
-def check_data_paths(data: dict, where: str = "data") -> None:
-    """Every path a backbone spec's `data` block names exists: checked as the DAG is built, so a dry run of a
-    spec with placeholder paths fails at once, naming the key, instead of its jobs failing later."""
-    train, coco = data["train"], data["coco"]
+def check_image_text_paths(train: dict, where: str) -> None:
+    """Every path a paper model's post-pretraining data (config `backbones.<name>.data`) names exists: checked as
+    the DAG is built, so a dry run with placeholder paths fails at once, naming the key, not its jobs later."""
     if "image_text_folder" in train and not Path(train["image_text_folder"]).is_dir():
-        raise DataError(f"config key {where}.train.image_text_folder: {train['image_text_folder']} is not a directory")
+        raise DataError(f"config key {where}.image_text_folder: {train['image_text_folder']} is not a directory")
     if "shards" in train:
         try:
             expand_shards(train["shards"])
         except DataError as e:
-            raise DataError(f"config key {where}.train.shards: {e}") from e
+            raise DataError(f"config key {where}.shards: {e}") from e
+
+
+def check_coco_paths(coco: dict, where: str = "coco") -> None:
+    """COCO2014 val's captions file and image folder (config `coco`) exist, checked as the DAG is built."""
     if not Path(coco["annotations"]).is_file():
-        raise DataError(f"config key {where}.coco.annotations: {coco['annotations']} is not a file")
+        raise DataError(f"config key {where}.annotations: {coco['annotations']} is not a file")
     if not Path(coco["images"]).is_dir():
-        raise DataError(f"config key {where}.coco.images: {coco['images']} is not a directory")
+        raise DataError(f"config key {where}.images: {coco['images']} is not a directory")
 
 
 def _tar_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-from ..backbone_spec import FAMILIES
+from ..families import FAMILIES
 from ..data.classes import CLASS_ARCHS
 
 # {"hidden": (B, L, D), "mask": (B, L) or None, "pooled": (B, P) or None}; a class-conditional model's has
@@ -282,9 +282,25 @@ def _pipeline_prompt_encoder(pipe, family: str) -> Callable[[list[str]], Cond]:
     return encode
 
 
-def load_backbone(spec: dict) -> Backbone:
-    """Entry point for scripts: a real family from its spec, or the miniature from its dirs."""
+def device() -> torch.device:
+    """This process's device: its GPU under `accelerate launch`, else cuda:0, else the CPU."""
+    from accelerate import PartialState
+    return PartialState().device
+
+
+def load_backbone(spec: dict, inputs=None, model=None) -> Backbone:
+    """A job's pre-trained backbone, from its rule's `backbone` param (rules/common.smk `get_backbone_spec`).
+
+    A real family's pipeline loads from `spec["pretrained"]` (hub id or local dir) and samples at the spec's
+    resolution (VAEs are shared between models, so the VAE's own sample_size need not be it); its VAE goes to the
+    job's device at once, since the pipeline encodes prompts there. The miniature's arch loads the components the
+    workflow trained, which are the job's inputs: `model` (default: inputs.model), inputs.vae, inputs.text_encoder.
+    """
     if spec["family"] == "mini":
-        return load_mini_backbone(spec["arch"], spec.get("denoiser"), spec["vae"], spec["text_encoder"],
-                                  spec.get("objective"))
-    return load_pipeline_backbone(spec)
+        return load_mini_backbone(spec["arch"], model if model is not None else getattr(inputs, "model", None),
+                                  inputs.vae, getattr(inputs, "text_encoder", None), spec.get("objective"))
+    bb = load_pipeline_backbone(spec)
+    if spec.get("resolution"):
+        bb.vae.register_to_config(sample_size=spec["resolution"])
+    bb.vae.to(device())
+    return bb

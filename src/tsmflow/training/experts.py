@@ -6,7 +6,6 @@ t drawn from interval i only. n=1 is vanilla LoRA. Each expert is its own job.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from safetensors.torch import load_file
 
 from ..adapters.experts import interval_bounds
 from ..expert_sets import ExpertSet
-from ..adapters.lora import LoraSpec, add_lora, save_lora
+from ..adapters.lora import LoraSpec, adapter_parameters, add_lora, save_lora
 from ..data.io import DataError, read_labels, write_json
 from ..models.backbone import Backbone
 from .loop import TrainConfig, infinite_batches, resumable_output, seeded, train
@@ -52,12 +51,11 @@ def freeze(backbone: Backbone) -> None:
 
 
 def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dict, latents_path, labels_path,
-                 out_dir, param_groups: Callable[[Backbone, str], list[dict]] | None = None,
-                 info: dict | None = None) -> dict:
+                 out_dir) -> dict:
     """Train expert `interval` of expert set `es` on `backbone` (the pre-trained base) and save it.
 
-    `param_groups(backbone, adapter)` gives optimizer groups with their own lr/decay (real backbones: the
-    text encoders' LoRA apart); by default every LoRA parameter shares the config's. `info` goes to stats."""
+    The LoRA trains at `lora_cfg["train"]`'s lr and weight decay; with `text_encoder_train`, the text encoders'
+    LoRA at its own (TSM Sup. A gives SD3 one per model)."""
     T = backbone.num_train_timesteps
     lo, hi = interval_bounds(interval, es.n, T)
     spec = lora_spec(lora_cfg, es.rank)
@@ -66,8 +64,11 @@ def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dic
     tcfg = TrainConfig.from_dict({**seeded(lora_cfg["train"], es.seed, interval), "steps": es.steps})
     set_seed(tcfg.seed)  # peft's random A init too: a rerun gives the same expert
     params = add_lora(backbone, name, spec)
-    if param_groups is not None:
-        params = param_groups(backbone, name)
+    if lora_cfg.get("text_encoder_train"):
+        te = lora_cfg["text_encoder_train"]
+        text = [p for m in backbone.text_encoders for p in adapter_parameters(m, name)]
+        params = [{"params": adapter_parameters(backbone.denoiser, name)},
+                  {"params": text, "lr": te["lr"], "weight_decay": te["weight_decay"]}]
     tensors, extra = load_task_data(latents_path, labels_path)
     objective = DiffusionObjective(backbone, timesteps=UniformTimesteps(lo, hi),
                                    caption_dropout=lora_cfg["caption_dropout"],
@@ -79,6 +80,6 @@ def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dic
         save_lora(tmp, backbone, name, spec, extra={"expert_set": es.name, "interval": interval,
                                                     "t_range": [lo, hi], "num_train_timesteps": T})
         stats.update(expert_set=es.name, interval=interval, t_range=[lo, hi], train_samples=len(extra["caption"]),
-                     weighted=("weight" in tensors), model_params=model_params(backbone), **(info or {}))
+                     weighted=("weight" in tensors), model_params=model_params(backbone), family=backbone.family)
         write_json(Path(tmp) / "stats.json", stats)
     return stats

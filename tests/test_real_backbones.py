@@ -1,0 +1,317 @@
+"""The papers' models through the one DAG: each shipped config (config/backbones/*.yaml, which extends the default)
+plans the cluster's jobs in a dry run, and tiny random pipelines run the same stage rules as the miniature, from
+image-text data and COCO captions in their published formats."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import run_smoke, save_inception_stand_in
+from tsmflow import runs as runs_lib
+from tsmflow.config import load_config
+from tsmflow.reporting.tables import build_table
+from test_backbones import build_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NAMES = {"sd15": "sd15", "sd2": "sd2", "pixart": "pixart_alpha", "sd3": "sd3"}  # backbone name -> family
+# core n=8 (8 jobs) + context n=1 (1) + vanilla LoRA r32 (1); five runs sampled and scored (TSM Table 12)
+JOBS = {"coco_reference": 1, "encode_image_text": 1, "fid_reference_stats_coco": 1, "train_expert": 10,
+        "assemble_router": 1, "evaluate_run_fid": 5, "make_table": 1, "plot_table_fid": 1, "all": 1}
+RUNS = ["base", "lora_r4", "lora_r32", "tsm1", "tsm2"]
+
+
+def with_run(run: dict):
+    """A config change: the default's runs plus run `x` (a config that sets `runs` replaces the default's)."""
+    return lambda c: c.update(runs={**load_config(ROOT / "config/config.yaml")["runs"], "x": run})
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:", 1)[1].split("Reasons:", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def dry_run(snakemake_bin, root, workdir, configfile, *targets):
+    return subprocess.run([snakemake_bin, "-n", "-s", str(root / "Snakefile"), "--directory", str(workdir), *targets,
+                           "--configfile", str(configfile)], capture_output=True, text=True, timeout=300)
+
+
+def shipped(root, tmp, name: str, change=None):
+    """A shipped config with its placeholder data paths pointed at fixture data in the published formats (written
+    beside the fixtures, so it extends the default by absolute path)."""
+    if not (tmp / "laion").is_dir():
+        write_fixture_data(tmp)
+    cfg = yaml.safe_load((root / f"config/backbones/{name}.yaml").read_text())
+    cfg["extends"] = str(root / "config/config.yaml")
+    cfg["backbones"][name]["data"] = {"image_text_folder": str(tmp / "laion")}
+    cfg["coco"].update(annotations=str(tmp / "coco/annotations/captions_val2014.json"), images=str(tmp / "coco/val2014"))
+    if change:
+        change(cfg)
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return tmp / "config.yaml"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_paper_model_config_plans_its_table_rows_through_the_stage_rules(snakemake_bin, root, tmp_path, name):
+    r = dry_run(snakemake_bin, root, tmp_path / "work", shipped(root, tmp_path, name), "results/tables/tsm_table12.md")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert job_counts(r.stdout) == {k: v for k, v in JOBS.items() if k not in ("all", "plot_table_fid")}
+    for es, n in [(f"{name}-post-n8-r4-s4000", 8), (f"{name}-post-n1-r4-s4000", 1), (f"{name}-post-n1-r32-s4000", 1)]:
+        for i in range(n):
+            assert f"results/experts/{es}/expert{i}" in r.stdout
+    for run in RUNS:
+        assert f"results/runs/{run}_{name}/fid.json" in r.stdout
+    assert "pretrain_base" not in r.stdout and "train_evaluator" not in r.stdout  # no miniature foundation
+    r = dry_run(snakemake_bin, root, tmp_path / "work", tmp_path / "config.yaml")  # `rule all`: the same table
+    assert r.returncode == 0 and job_counts(r.stdout) == JOBS, r.stdout[-2000:] + r.stderr[-3000:]
+    assert not (tmp_path / "work/results").exists()
+
+
+def test_placeholder_data_and_absent_offline_inception_weights_fail_before_any_job(snakemake_bin, root, tmp_path):
+    r = dry_run(snakemake_bin, root, tmp_path, root / "config/backbones/sd15.yaml")  # /data/... placeholders
+    assert r.returncode != 0 and "config key backbones.sd15.data.image_text_folder: /data/laion-pop/ is not a " \
+        "directory" in r.stdout + r.stderr
+    offline = shipped(root, tmp_path, "sd15", lambda c: c["backbones"]["sd15"].update(local_files_only=True))
+    r = dry_run(snakemake_bin, root, tmp_path / "work", offline)
+    assert r.returncode != 0 and "config key evaluation.fid.inception_weights: the offline backbones ['sd15']" in (
+        r.stdout + r.stderr)
+    absent = shipped(root, tmp_path, "sd15", lambda c: c["evaluation"]["fid"].update(
+        inception_weights=str(tmp_path / "absent.pt")))
+    r = dry_run(snakemake_bin, root, tmp_path / "work", absent)
+    assert r.returncode != 0 and f"inception_weights: {tmp_path / 'absent.pt'} is not a file" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda c: c["backbones"]["sd15"].pop("data"), "config key backbones.sd15.data: expert set 'sd15-post-"),
+    (with_run({"method": "lora", "backbone": "sd15", "experts": "sd15-gors-n1-r4-s10", "evaluate": ["fid"]}),
+     "config key runs.x: expert set 'sd15-gors-n1-r4-s10': a paper model trains on its post-pretraining data"),
+    (with_run({"method": "base", "backbone": "sd15"}),
+     "config key runs.x: a paper model has base, lora, tsm1 and tsm2 runs, evaluated with `evaluate: [fid]`"),
+    (lambda c: c.update(deme_sets={"d": {"backbone": "sd15", "task": "post", "n": 2, "p": 0.3, "steps": 5}}),
+     "config key deme_sets.d: deme_sets on a paper model (sd15) are not built yet"),
+    (with_run({"method": "base", "backbone": "sd9"}),
+     "config key runs.x.backbone: backbone 'sd9' is not one of"),
+    (lambda c: c["evaluation"]["fid"].update(feature_space="shapes"),
+     "config key evaluation.fid.feature_space: the paper models' FID is on Inception features"),
+])
+def test_bad_paper_model_config_fails_before_any_job_naming_its_key(snakemake_bin, root, tmp_path, change, needle):
+    r = dry_run(snakemake_bin, root, tmp_path / "work", shipped(root, tmp_path, "sd15", change))
+    assert r.returncode != 0 and needle in r.stdout + r.stderr, r.stdout[-1500:] + r.stderr[-1500:]
+
+
+def test_run_fingerprint_changes_with_the_trained_weights_and_the_backbone(tmp_path):
+    expert = tmp_path / "expert"
+    expert.mkdir()
+    (expert / "adapter.safetensors").write_bytes(b"weights-1")
+    backbone, run = {"family": "sd15", "pretrained": "some/model"}, {"method": "lora"}
+    key = runs_lib.run_fingerprint(backbone, run, [expert])
+    assert runs_lib.run_fingerprint(backbone, run, [expert]) == key
+    assert runs_lib.run_fingerprint({**backbone, "pretrained": "other/model"}, run, [expert]) != key
+    (expert / "adapter.safetensors").write_bytes(b"weights-2")
+    assert runs_lib.run_fingerprint(backbone, run, [expert]) != key
+
+
+def test_tsm_table12_cites_the_paper_on_its_pixart_rows_only(root):
+    decl = load_config(root / "config/config.yaml")["tables"]["tsm_table12"]
+    decl = {**decl, "rows": [r for r in decl["rows"] if r["run"].endswith("_pixart")]}
+    metrics = {r["run"]: {"fid": 20.0, "fid_n_samples": 30000, "fid_feature_space": "inception"} for r in decl["rows"]}
+    df = build_table(decl, metrics).set_index("runs")
+    assert df.loc["base_pixart", "FID [TSM Table 12]"] == "23.15" and df.loc["tsm2_pixart", "FID [TSM Table 12]"] == "16.78"
+    assert df.loc["lora_r32_pixart", "FID [TSM Table 12]"] == "—"  # the paper has no such row
+    assert "for reference only" in decl["caption"]
+
+
+# ---------------------------------------------------------------- tiny paper models through the DAG
+
+CAPTIONS = ["a red circle", "a blue square", "a red square", "a blue circle", "a circle", "a square"]
+
+
+def _image(rng, w, h):
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def write_fixture_data(root):
+    """LAION-style image-text folder (img2dataset "files": <name>.jpg + <name>.txt, in numbered sub-folders) and
+    COCO2014 captions (captions_val2014.json + val2014/COCO_val2014_<12-digit id>.jpg)."""
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        folder = root / "laion" / f"{k // 4:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        _image(rng, 48, 40).save(folder / f"{k:09d}.jpg")
+        (folder / f"{k:09d}.txt").write_text(CAPTIONS[k % len(CAPTIONS)] + "\n")
+    images, annotations = [], []
+    (root / "coco/val2014").mkdir(parents=True)
+    for k in range(1, 7):
+        name = f"COCO_val2014_{k:012d}.jpg"
+        _image(rng, 40, 36).save(root / "coco/val2014" / name)
+        images.append({"id": k, "file_name": name})
+        annotations += [{"image_id": k, "id": 10 * k + j, "caption": CAPTIONS[(k + j) % 6]} for j in range(2)]
+    (root / "coco/annotations").mkdir()
+    (root / "coco/annotations/captions_val2014.json").write_text(
+        json.dumps({"images": images, "annotations": annotations}))
+
+
+def tiny_config(root, tmp, name: str = "sd15", dtype: str = "float32"):
+    """A shipped config with the tiny pipeline, the fixture data and tiny sizes (2 core experts of rank 2, 2 steps
+    each), and its own runs and table: the same keys a cluster run uses."""
+    cfg = yaml.safe_load((root / f"config/backbones/{name}.yaml").read_text())
+    cfg["extends"] = str(root / "config/config.yaml")
+    b = cfg["backbones"][name]
+    b.update(pretrained=str(tmp / "pipeline"), local_files_only=True, dtype=dtype, resolution=32,
+             data={"image_text_folder": str(tmp / "laion")})
+    b["sampling"]["steps"] = 2
+    b["lora"]["alpha_over_rank"] = 3.0  # alpha != rank: exported files must carry the scale alpha / rank
+    # the text encoders' LoRA in its own AdamW group; both lrs large enough to move visibly in 2 steps
+    b["lora"]["text_encoder_train"] = {"lr": 1e-2, "weight_decay": 0.0}
+    for stage in (b["lora"], b["router"]):
+        stage["train"].update(batch_size=2, grad_accum=2, lr=1e-2, checkpoint_every=0)
+    b["router"]["train"]["steps"] = 2
+    cfg["coco"].update(annotations=str(tmp / "coco/annotations/captions_val2014.json"),
+                       images=str(tmp / "coco/val2014"), n_reference=6, resolution=32)
+    cfg["evaluation"]["fid"].update(n_samples=4, batch_size=4,
+                                    inception_weights=str(save_inception_stand_in(tmp / "inception/inception.pt")))
+    cfg.update(gpus_per_job=0, threads={"default": 1}, claims={}, parts={"post_pretraining": ["tsm_table12"]})
+    core, context = f"{name}-post-n2-r2-s2", f"{name}-post-n1-r2-s2"
+    cfg["runs"] = {f"base_{name}": {"method": "base", "backbone": name, "evaluate": ["fid"]},
+                   f"lora_r2_{name}": {"method": "lora", "backbone": name, "experts": context, "evaluate": ["fid"]},
+                   f"lora_r4_{name}": {"method": "lora", "backbone": name, "experts": f"{name}-post-n1-r4-s2",
+                                       "evaluate": ["fid"]},
+                   f"tsm1_{name}": {"method": "tsm1", "backbone": name, "experts": core, "evaluate": ["fid"]},
+                   f"tsm2_{name}": {"method": "tsm2", "backbone": name, "core": core, "context": [context],
+                                    "evaluate": ["fid"]}}
+    table = copy.deepcopy(load_config(root / "config/config.yaml")["tables"]["tsm_table12"])
+    labels = ["SD1.5 (pre-trained)", "SD1.5 + vanilla LoRA r2", "SD1.5 + vanilla LoRA r4", "SD1.5 + TSM 1-stage",
+              "SD1.5 + TSM 2-stage"]
+    table["rows"] = [{"run": r, "label": label} for r, label in zip(cfg["runs"], labels)]
+    cfg["tables"] = {"tsm_table12": table}
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return tmp / "config.yaml"
+
+
+@pytest.mark.slow  # not in the smoke group: it needs no smoke output, so the other worker takes it
+def test_tiny_sd15_runs_post_pretraining_through_the_stage_rules(snakemake_bin, root, tmp_path):
+    build_pipeline("sd15", tmp_path / "tokenizer_src").save_pretrained(tmp_path / "pipeline")
+    write_fixture_data(tmp_path)
+    config = tiny_config(root, tmp_path)
+    work = tmp_path / "work"
+    res = work / "results"
+    runs = ["base_sd15", "lora_r2_sd15", "lora_r4_sd15", "tsm1_sd15", "tsm2_sd15"]
+    r = run_smoke(snakemake_bin, root, work, "--cores", "1", configfile=config, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+    labels = [json.loads(ln) for ln in (res / "data/sd15_post/labels.jsonl").read_text().splitlines()]
+    latents = load_file(str(res / "data/sd15_post_latents.safetensors"))
+    assert len(labels) == 8 and latents["mean"].shape == (8, 4, 8, 8)
+    ref = [json.loads(ln) for ln in (res / "data/coco_reference/labels.jsonl").read_text().splitlines()]
+    assert len(ref) == 6 and Image.open(res / "data/coco_reference/images" / ref[0]["file"]).size == (32, 32)
+    stats = {}
+    for es, n in [("sd15-post-n2-r2-s2", 2), ("sd15-post-n1-r2-s2", 1), ("sd15-post-n1-r4-s2", 1)]:
+        for i in range(n):
+            d = res / f"experts/{es}/expert{i}"
+            weights = load_file(str(d / "pytorch_lora_weights.safetensors"))
+            # the text encoder's LoRA trained in its own group (B starts at zero)
+            assert any(k.startswith("text_encoder.") and "lora_B" in k and v.abs().sum() > 0
+                       for k, v in weights.items())
+            stats[(es, i)] = json.loads((d / "stats.json").read_text())
+            assert stats[(es, i)]["family"] == "sd15"
+    # vanilla LoRA r4 has exactly the parameters of the two r2 core experts
+    assert stats[("sd15-post-n1-r4-s2", 0)]["trainable_params"] == sum(
+        stats[("sd15-post-n2-r2-s2", i)]["trainable_params"] for i in range(2))
+    assert (res / "runs/tsm2_sd15/router/router.safetensors").is_file()
+    assert_stock_pipeline_reproduces(tmp_path / "pipeline", res / "experts/sd15-post-n2-r2-s2/expert1")
+    assert_load_run_reproduces_the_dag_s_samples(config, work, res)
+    for run in runs:
+        pngs = sorted((res / f"runs/{run}/fid_samples").glob("*.png"))
+        assert len(pngs) == 4 and np.asarray(Image.open(pngs[0])).shape == (32, 32, 3)
+    for rule in ["encode_image_text", "coco_reference", "train_expert", "assemble_router", "evaluate_run_fid"]:
+        assert list((res / "logs" / rule).glob("*.log")), rule
+    assert not (res / "models").exists()  # no miniature foundation was built
+
+    # FID with a stand-in for clean-fid's Inception file loaded from evaluation.fid.inception_weights
+    ref = np.load(res / "data/fid_reference_coco_inception.npz")
+    assert ref["mu"].shape == (2048,) and int(ref["n"]) == 6 and "features" not in ref
+    fids = [json.loads((res / f"runs/{run}/fid.json").read_text()) for run in runs]
+    assert all(f["feature_space"] == "inception" and f["n_samples"] == 4 and f["fid"] > 0 for f in fids)
+    table = pd.read_csv(res / "tables/tsm_table12.csv", dtype=str)
+    assert table["row"].tolist() == ["SD1.5 (pre-trained)", "SD1.5 + vanilla LoRA r2", "SD1.5 + vanilla LoRA r4",
+                                     "SD1.5 + TSM 1-stage", "SD1.5 + TSM 2-stage"]
+    fid_col = next(c for c in table.columns if c.startswith("FID") and "TSM Table 12" not in c)
+    assert table[fid_col].tolist() == [f"{f['fid']:.2f}" for f in fids]
+    assert table["Trainable params"].iloc[2] == table["Trainable params"].iloc[3]  # LoRA r4 = TSM 1-stage
+    assert not any("TSM Table 12" in c for c in table.columns)  # the paper post-pretrains PixArt-alpha only
+    assert (res / "tables/tsm_table12.md").is_file() and (res / "tables/tsm_table12.tex").is_file()
+
+
+@pytest.mark.slow  # not in the smoke group: it needs no smoke output, so the other worker takes it
+@pytest.mark.parametrize("name,dtype", [("pixart", "float16"), ("sd3", "float32")])
+def test_tiny_pixart_in_half_precision_and_sd3_with_t5_run_to_tsm_fid(snakemake_bin, root, tmp_path, name, dtype):
+    """The two transformer families through the same rules, to TSM 2-stage's FID: PixArt-alpha in the configs'
+    float16 (LoRA on its T5), SD3 with its T5 encoder (LoRA on both CLIPs, per-encoder targets, none on T5)."""
+    build_pipeline(NAMES[name], tmp_path / "tokenizer_src").save_pretrained(tmp_path / "pipeline")
+    write_fixture_data(tmp_path)
+    config = tiny_config(root, tmp_path, name, dtype)
+    work = tmp_path / "work"
+    res = work / "results"
+    r = run_smoke(snakemake_bin, root, work, f"results/runs/tsm2_{name}/fid.json", "--cores", "1",
+                  configfile=config, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    fid = json.loads((res / f"runs/tsm2_{name}/fid.json").read_text())
+    assert fid["n_samples"] == 4 and np.isfinite(fid["fid"]) and fid["fid"] > 0
+    latents = load_file(str(res / f"data/{name}_post_latents.safetensors"))
+    assert latents["mean"].dtype == getattr(torch, dtype)  # the cache keeps the VAE's precision
+    weights = load_file(str(res / f"experts/{name}-post-n2-r2-s2/expert0/pytorch_lora_weights.safetensors"))
+    assert all(v.dtype == torch.float32 for v in weights.values())  # adapters train in fp32 over a half model
+    parts = {k.split(".", 1)[0] for k in weights}
+    assert parts == ({"transformer", "text_encoder"} if name == "pixart"
+                     else {"transformer", "text_encoder", "text_encoder_2"})  # SD3: T5 (text_encoder_3) untouched
+    assert any(k.startswith("transformer.") and "lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+
+
+def assert_stock_pipeline_reproduces(pipeline, expert):
+    """A trained expert (alpha = 3 x rank) loaded by stock `load_lora_weights` gives our loader's outputs."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from tsmflow.adapters.lora import load_lora
+    from tsmflow.models.backbone import load_backbone
+    spec = {"family": "sd15", "pretrained": str(pipeline), "local_files_only": True}
+    ours, base = load_backbone(spec), load_backbone(spec)
+    lora = load_lora(ours, expert, "e")
+    assert lora.alpha == 3 * lora.rank
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline, local_files_only=True)
+    pipe.load_lora_weights(expert)
+    x, t = torch.randn(2, *ours.latent_shape, generator=torch.Generator().manual_seed(0)), torch.tensor([50, 700])
+    with torch.no_grad():
+        cond = ours.encode(CAPTIONS[:2])
+        stock_hidden, _ = pipe.encode_prompt(CAPTIONS[:2], "cpu", 1, do_classifier_free_guidance=False)
+        assert torch.allclose(stock_hidden, cond["hidden"], atol=1e-5)
+        want = ours.predict(x, t, cond)
+        got = pipe.unet(x, t, encoder_hidden_states=stock_hidden).sample
+        assert torch.allclose(got, want, atol=1e-4)
+        assert (want - base.predict(x, t, base.encode(CAPTIONS[:2]))).abs().max() > 1e-4  # the expert acts
+
+
+def assert_load_run_reproduces_the_dag_s_samples(config, work, res):
+    """`runs.load_run`, the documented way to use a trained run from Python, gives the DAG's own samples."""
+    from tsmflow.sampling.sample import generate
+    sampling = load_config(config)["backbones"]["sd15"]["sampling"]
+    for run in ("tsm1_sd15", "tsm2_sd15"):
+        first = json.loads((res / f"runs/{run}/fid_samples/labels.jsonl").read_text().splitlines()[0])
+        bb = runs_lib.load_run(config, run, workdir=work)
+        image = generate(bb, [first["caption"]], [first["seed"]], steps=sampling["steps"],
+                         guidance_scale=sampling["guidance_scale"], solver=sampling["solver"], progress=False)[0]
+        dag = np.asarray(Image.open(res / f"runs/{run}/fid_samples" / first["file"]))
+        assert np.abs(image.astype(int) - dag.astype(int)).max() <= 1, run
+    with pytest.raises(Exception, match="not one of this config's runs"):
+        runs_lib.load_run(config, "tsm3_sd15", workdir=work)
