@@ -41,7 +41,7 @@ test: $(STAMP)
 smoke: $(STAMP)
 	$(BIN)/snakemake --configfile config/smoke.yaml --directory results/smoke
 
-# Both DAGs. A backbone spec's data paths are checked as it parses, so the real one is linted with them
+# The default DAG, and a paper model's: its data paths are checked as it parses, so it is linted with them
 # pointed at paths that exist here.
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
