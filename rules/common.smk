@@ -23,8 +23,10 @@ from tsmflow.config import extend  # noqa: E402
 
 if config.get("extends"):  # config/backbones/*.yaml: the default config with a paper model as its backbone
     _given = dict(config)
+    # `extends` is relative to the config file that says it
+    _file = next(f for f in workflow.config_settings.configfiles if "extends" in (yaml.safe_load(open(f)) or {}))
     config.clear()
-    config.update(extend(_given, workflow.config_settings.configfiles[0]))
+    config.update(extend(_given, _file))
 validate(config, schema="../config/schema.yaml")
 if abs(sum(config["data"]["n_objects_p"]) - 1) > 1e-6:
     raise ValueError("config key data.n_objects_p must sum to 1, got " f"{config['data']['n_objects_p']}")
