@@ -101,10 +101,6 @@ def _built_rows(table, decl):
 
 TABLES = {t: {**d, "rows": _built_rows(t, d)} for t, d in config["tables"].items()}
 TABLES = {t: d for t, d in TABLES.items() if d["rows"]}  # a table of left-out backbones only is not built
-for _t, _d in TABLES.items():  # the paper's columns only where a built row stands for one of its rows
-    _cites = ("paper_row", "paper_rows", "paper_block", "paper_setting", "paper_table")
-    if _d.get("paper_table") and not any(r.get(k) for r in _d["rows"] for k in _cites):
-        TABLES[_t] = {k: v for k, v in _d.items() if k != "paper_table"}
 CLAIMS = {}
 for _claim, _decl in (config.get("claims") or {}).items():
     _runs = [r for _side in ("ours", "baseline") for r in _decl[_side]["runs"]]

@@ -130,6 +130,9 @@ def test_tsm_table12_cites_the_paper_on_its_pixart_rows_only(root):
     assert df.loc["base_pixart", "FID [TSM Table 12]"] == "23.15" and df.loc["tsm2_pixart", "FID [TSM Table 12]"] == "16.78"
     assert df.loc["lora_r32_pixart", "FID [TSM Table 12]"] == "—"  # the paper has no such row
     assert "for reference only" in decl["caption"]
+    sd15 = {**decl, "rows": [{"run": "base_sd15", "label": "SD1.5 (pre-trained)"}]}
+    cols = build_table(sd15, {"base_sd15": metrics["base_pixart"]}).columns
+    assert not any("TSM Table 12" in c for c in cols)  # no row of the paper's: no paper columns
 
 
 # ---------------------------------------------------------------- tiny paper models through the DAG

@@ -95,8 +95,12 @@ def _counts(metrics: dict[str, dict], runs: list[str], keys: list[str]) -> str:
 
 def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
     """Rows from `decl["rows"]`; `metrics` maps run name -> its metrics.json content."""
-    # a row may name its own paper table (e.g. DMP Table 4's sub-tables 4a-4e)
-    names = {n for n in [decl.get("paper_table"), *(r.get("paper_table") for r in decl["rows"])] if n}
+    # a row may name its own paper table (e.g. DMP Table 4's sub-tables 4a-4e); the paper's columns only where a
+    # row stands for one of its rows (TSM Table 12 cites PixArt-alpha only: an SD1.5 config's table has none)
+    cites = ("paper_row", "paper_rows", "paper_block", "paper_setting", "paper_table")
+    cited = any(r.get(k) for r in decl["rows"] for k in cites)
+    names = {n for n in [decl.get("paper_table") if cited else None, *(r.get("paper_table") for r in decl["rows"])]
+             if n}
     papers = {n: load_paper_table(n, paper_dir) for n in names}
     tag = decl.get("paper_tag") or _paper_tag(decl)
     out = []
