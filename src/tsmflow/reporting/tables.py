@@ -60,10 +60,12 @@ def load_paper_table(name: str, paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def paper_value(df: pd.DataFrame, row: str, metric: str, block: str = "", setting: str = "") -> str | None:
-    """The printed value of one paper cell, or None where the paper has none."""
+def paper_value(df: pd.DataFrame, row: str, metric: str, block: str = "", setting: str = "",
+                names: tuple[str, ...] | None = None) -> str | None:
+    """The printed value of one paper cell, or None where the paper has none. names: the paper's metric names to
+    read, in order (default: PAPER_METRIC's for `metric`)."""
     sel = df[(df["row"] == row) & (df["block"] == block) & (df["setting"] == setting)]
-    for name in PAPER_METRIC.get(metric, (metric,)):
+    for name in names or PAPER_METRIC.get(metric, (metric,)):
         hit = sel[sel["metric"] == name]
         if len(hit) == 1:
             return hit["value"].iloc[0]
@@ -128,9 +130,11 @@ def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DI
                 # a column may cite another paper row (DMP Table 1: the model without the patch)
                 prow = row.get("paper_rows", {}).get(m, row.get("paper_row", ""))
                 pset = row.get("paper_setting") or METRIC_SETTING.get(m, "")
-                v = paper_value(paper, prow, m, row.get("paper_block", ""), pset) if cited else None
+                # a table may name the paper's column (WaDi's main table: "#Params (M)" is the whole model's)
+                names = (decl["paper_metrics"][m],) if m in decl.get("paper_metrics", {}) else None
+                v = paper_value(paper, prow, m, row.get("paper_block", ""), pset, names) if cited else None
                 # the paper's own metric name: its FID is Inception FID, not ours
-                header = PAPER_COLUMN.get(m, PAPER_METRIC.get(m, (m,))[0])
+                header = PAPER_COLUMN.get(m, (names or PAPER_METRIC.get(m, (m,)))[0])
                 rec[f"{header} [{tag}]"] = v if v is not None else "—"
         out.append(rec)
     df = pd.DataFrame(out)
