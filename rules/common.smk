@@ -252,6 +252,10 @@ if _offline and not _inception:
     raise ValueError(f"config key evaluation.fid.inception_weights: the offline backbones {_offline} "
                      "(local_files_only: true) need a local copy of clean-fid's Inception weights, "
                      "inception-2015-12-05.pt (clean-fid would download it)")
+_clip = config["evaluation"].get("clip") or {}
+if _offline and _clip.get("pretrained") and not _clip.get("local_files_only"):
+    raise ValueError(f"config key evaluation.clip.local_files_only: the offline backbones {_offline} need the CLIP "
+                     f"scorer {_clip['pretrained']!r} from a local directory or the HF cache (local_files_only: true)")
 # a paper model's data paths are checked as the DAG is built: placeholders fail a dry run, naming the key
 for _b in REAL_BACKBONES:
     if "data" in config["backbones"][_b]:
@@ -542,6 +546,8 @@ def get_run_eval_inputs(wildcards):
     backbone = RUNS[wildcards.run]["backbone"]
     inputs = {**get_run_model_inputs(wildcards), "trained": get_run_trained_dirs(wildcards),
               "fid_reference": get_fid_reference(backbone)}
+    if get_clip_params() == {}:  # CLIP score by the workflow's own CLIP
+        inputs["clip"] = get_model_dir("clip_scorer")
     if backbone in REAL_BACKBONES:  # COCO captions and images; Inception features, no evaluator
         return {**inputs, "reference": get_coco_reference()}
     inputs.update(reference=get_split_dir(get_world_split("reference", backbone)), evaluator=get_model_dir("evaluator"),
@@ -689,6 +695,15 @@ def get_final_outputs():
         *[f"{RESULTS}/plots/{t}_score_vs_n.png" for t in TABLES if "score_vs_n" in TABLES[t].get("plots", [])],
         *[f"{RESULTS}/samples/base/{b}.png" for b in TEXT_BACKBONES],
     ]
+
+
+def get_clip_params():
+    """What the evaluation scripts read of evaluation.clip: a transformers CLIP's name, {} for the workflow's own
+    (rule train_clip_scorer, an input), None without CLIP score."""
+    clip = config["evaluation"].get("clip")
+    if clip is None:
+        return None
+    return {k: clip[k] for k in ("pretrained", "local_files_only") if k in clip}
 
 
 def get_fid_params():

@@ -21,7 +21,7 @@ from conftest import run_smoke, save_inception_stand_in
 from tsmflow import runs as runs_lib
 from tsmflow.config import load_config
 from tsmflow.reporting.tables import build_table
-from test_backbones import build_pipeline
+from test_backbones import build_pipeline, save_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +91,11 @@ def test_placeholder_data_and_absent_offline_inception_weights_fail_before_any_j
     offline = shipped(root, tmp_path, "sd15", lambda c: c["backbones"]["sd15"].update(local_files_only=True))
     r = dry_run(snakemake_bin, root, tmp_path / "work", offline)
     assert r.returncode != 0 and "config key evaluation.fid.inception_weights: the offline backbones ['sd15']" in (
+        r.stdout + r.stderr)
+    offline_clip = shipped(root, tmp_path, "sd15", lambda c: (c["backbones"]["sd15"].update(local_files_only=True),
+                                                                c["evaluation"]["fid"].update(inception_weights=__file__)))
+    r = dry_run(snakemake_bin, root, tmp_path / "work", offline_clip)
+    assert r.returncode != 0 and "config key evaluation.clip.local_files_only: the offline backbones ['sd15']" in (
         r.stdout + r.stderr)
     absent = shipped(root, tmp_path, "sd15", lambda c: c["evaluation"]["fid"].update(
         inception_weights=str(tmp_path / "absent.pt")))
@@ -190,6 +195,7 @@ def tiny_config(root, tmp, name: str = "sd15", dtype: str = "float32"):
                        images=str(tmp / "coco/val2014"), n_reference=6, resolution=32)
     cfg["evaluation"]["fid"].update(n_samples=4, batch_size=4,
                                     inception_weights=str(save_inception_stand_in(tmp / "inception/inception.pt")))
+    cfg["evaluation"]["clip"] = {"pretrained": str(save_tiny_clip(tmp / "clip")), "local_files_only": True}
     cfg.update(gpus_per_job=0, threads={"default": 1}, claims={}, parts={"post_pretraining": ["tsm_table12"]})
     core, context = f"{name}-post-n2-r2-s2", f"{name}-post-n1-r2-s2"
     cfg["runs"] = {f"base_{name}": {"method": "base", "backbone": name, "evaluate": ["fid"]},
@@ -252,6 +258,7 @@ def test_tiny_sd15_runs_post_pretraining_through_the_stage_rules(snakemake_bin, 
     assert ref["mu"].shape == (2048,) and int(ref["n"]) == 6 and "features" not in ref
     fids = [json.loads((res / f"runs/{run}/fid.json").read_text()) for run in runs]
     assert all(f["feature_space"] == "inception" and f["n_samples"] == 4 and f["fid"] > 0 for f in fids)
+    assert all(f["clip"]["clip_n"] == 4 and -1 <= f["clip"]["clip_score"] <= 1 for f in fids)  # the tiny local CLIP
     table = pd.read_csv(res / "tables/tsm_table12.csv", dtype=str)
     assert table["row"].tolist() == ["SD1.5 (pre-trained)", "SD1.5 + vanilla LoRA r2", "SD1.5 + vanilla LoRA r4",
                                      "SD1.5 + TSM 1-stage", "SD1.5 + TSM 2-stage"]

@@ -23,6 +23,7 @@ PAPER_METRIC = {
     "spatial": ("Spatial", "Spa"), "non_spatial": ("Non-Spatial", "NS"), "complex": ("Complex", "Com"),
     "fid": ("FID",), "patch_fid": ("Patch-FID",), "trainable_pct": ("Trainable (%)",), "nfe": ("NFEs",),
     "norm_change": ("NM",), "direction_change": ("DM",), "precision": ("Precision",), "recall": ("Recall",),
+    "clip_score": ("CLIP-Score", "CLIP"),
     "trainable_params_m": ("#Params (M)", "Trainable params (M)", "N_params (M)"),
     "denoiser_params_m": ("#Parameters (M)",), "patched_params_m": ("#Parameters (M)",),
     **{f"{k}_{s}": (s.capitalize(),) for k in ("correlation", "similarity") for s in ("max", "min", "mean", "std")},
@@ -39,6 +40,7 @@ METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spati
                 "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)", "nfe": "NFEs",
                 "norm_change": "Norm change NM (%)", "direction_change": "Direction change DM (%)",
                 "trainable_params_m": "Trainable params (M)", "precision": "Precision", "recall": "Recall",
+                "clip_score": "CLIP score",
                 "train_wall_s": "Training wall (s)", "patch_fid": "Patch-FID (shapes features)",
                 "denoiser_params_m": "Denoiser params (M)", "patched_params_m": "With DMP (M)",
                 "param_increase_pct": "Increase (%)", "n_latents": "Latents",
@@ -46,7 +48,7 @@ METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spati
                 "spatial_bias_std": "Spatial bias (std over timesteps)",
                 **{f"{k}_{s}": f"{k.capitalize()} {s}" for k in ("correlation", "similarity")
                    for s in ("max", "min", "mean", "std")}}
-DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0,
+DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0, "clip_score": 4,
           "denoiser_params_m": 4, "patched_params_m": 4, "param_increase_pct": 2, "n_latents": 0,
           "temporal_bias_std": 6, "spatial_bias_std": 6,
           **{f"{k}_{s}": 4 for k in ("correlation", "similarity") for s in ("max", "min", "mean", "std")}}
