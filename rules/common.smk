@@ -112,7 +112,7 @@ for _claim, _decl in (config.get("claims") or {}).items():
 DEME_SETS = _built("deme_sets")  # DeMe: N range models of one backbone, merged by a search
 FINETUNES = _built("finetunes")  # further training: full fine-tuning, prompt tuning, DMP
 STUDENTS = _built("students")  # distilled few-step students (DMD2, WaDi)
-for _block, _decls in {"deme_sets": DEME_SETS, "finetunes": FINETUNES, "students": STUDENTS}.items():
+for _block, _decls in {"deme_sets": DEME_SETS, "finetunes": FINETUNES}.items():
     for _name, _d in _decls.items():
         if _d["backbone"] in REAL_BACKBONES:
             raise ValueError(f"config key {_block}.{_name}: {_block} on a paper model ({_d['backbone']}) are not "
@@ -166,15 +166,18 @@ for _run, _spec in RUNS.items():
         raise ValueError(f"config key runs.{_run}: the class-conditional {_spec['backbone']} has base and finetune "
                          "runs only, evaluated with `evaluate: [fid]` (CompBench-mini prompts are not classes)")
 for _run, _spec in RUNS.items():
-    if _spec["backbone"] in REAL_BACKBONES and (_spec["method"] not in ("base", "lora", "tsm1", "tsm2")
+    if _spec["backbone"] in REAL_BACKBONES and (_spec["method"] not in ("base", "lora", "tsm1", "tsm2", "distill")
                                                 or "compbench" in _spec.get("evaluate", ["compbench"])):
-        raise ValueError(f"config key runs.{_run}: a paper model has base, lora, tsm1 and tsm2 runs, evaluated with "
-                         "`evaluate: [fid]` (FID on COCO2014); CompBench at real scale is not built yet")
+        raise ValueError(f"config key runs.{_run}: a paper model has base, lora, tsm1, tsm2 and distill runs, "
+                         "evaluated with `evaluate: [fid]` (FID on COCO2014); CompBench at real scale is not built yet")
 for _name, _d in STUDENTS.items():
     if _d["backbone"] not in BACKBONES:
         raise ValueError(f"config key students.{_name}.backbone: {_d['backbone']!r} is not in backbones")
     if not config.get("distill"):
         raise ValueError(f"config: students.{_name} is declared but the shared `distill` block is missing")
+    if _d["backbone"] in REAL_BACKBONES and "data" not in config["backbones"][_d["backbone"]]:
+        raise ValueError(f"config key backbones.{_d['backbone']}.data: students.{_name} is distilled on the "
+                         "captions of the backbone's post-pretraining data, which is not set")
     if _d["adapter"] not in ("full", "tsm2") and not _d.get("rank"):
         raise ValueError(f"config key students.{_name}: adapter {_d['adapter']!r} needs a rank")
     if (_d["adapter"] == "tsm") != bool(_d.get("experts")):
@@ -249,6 +252,10 @@ if _offline and not _inception:
     raise ValueError(f"config key evaluation.fid.inception_weights: the offline backbones {_offline} "
                      "(local_files_only: true) need a local copy of clean-fid's Inception weights, "
                      "inception-2015-12-05.pt (clean-fid would download it)")
+_clip = config["evaluation"].get("clip") or {}
+if _offline and _clip.get("pretrained") and not _clip.get("local_files_only"):
+    raise ValueError(f"config key evaluation.clip.local_files_only: the offline backbones {_offline} need the CLIP "
+                     f"scorer {_clip['pretrained']!r} from a local directory or the HF cache (local_files_only: true)")
 # a paper model's data paths are checked as the DAG is built: placeholders fail a dry run, naming the key
 for _b in REAL_BACKBONES:
     if "data" in config["backbones"][_b]:
@@ -419,10 +426,12 @@ def get_student_dir(name):
 
 
 def get_student_inputs(wildcards):
-    """The teacher (the backbone's pre-trained denoiser) and the prompts: the pre-training data's captions; for a
-    TSM 2-stage student, also the students whose experts it routes over (core and context)."""
+    """The teacher (the backbone's pre-trained denoiser) and the prompts: the pre-training data's captions (a paper
+    model's: its post-pretraining data's); for a TSM 2-stage student, also the students whose experts it routes
+    over (core and context)."""
     d = STUDENTS[wildcards.student]
-    inputs = {**_backbone_inputs(d["backbone"]), "data": get_split_dir("train")}
+    data = get_image_text_data(d["backbone"])["data"] if d["backbone"] in REAL_BACKBONES else get_split_dir("train")
+    inputs = {**_backbone_inputs(d["backbone"]), "data": data}
     if d["adapter"] == "tsm2":
         inputs.update(core=get_student_dir(d["core"]), context=[get_student_dir(c) for c in d.get("context", [])])
     return inputs
@@ -537,6 +546,8 @@ def get_run_eval_inputs(wildcards):
     backbone = RUNS[wildcards.run]["backbone"]
     inputs = {**get_run_model_inputs(wildcards), "trained": get_run_trained_dirs(wildcards),
               "fid_reference": get_fid_reference(backbone)}
+    if get_clip_params() == {}:  # CLIP score by the workflow's own CLIP
+        inputs["clip"] = get_model_dir("clip_scorer")
     if backbone in REAL_BACKBONES:  # COCO captions and images; Inception features, no evaluator
         return {**inputs, "reference": get_coco_reference()}
     inputs.update(reference=get_split_dir(get_world_split("reference", backbone)), evaluator=get_model_dir("evaluator"),
@@ -684,6 +695,15 @@ def get_final_outputs():
         *[f"{RESULTS}/plots/{t}_score_vs_n.png" for t in TABLES if "score_vs_n" in TABLES[t].get("plots", [])],
         *[f"{RESULTS}/samples/base/{b}.png" for b in TEXT_BACKBONES],
     ]
+
+
+def get_clip_params():
+    """What the evaluation scripts read of evaluation.clip: a transformers CLIP's name, {} for the workflow's own
+    (rule train_clip_scorer, an input), None without CLIP score."""
+    clip = config["evaluation"].get("clip")
+    if clip is None:
+        return None
+    return {k: clip[k] for k in ("pretrained", "local_files_only") if k in clip}
 
 
 def get_fid_params():

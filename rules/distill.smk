@@ -9,6 +9,7 @@ rule distill_student:
         model=directory(get_student_dir("{student}")),
     params:
         student=lambda wc: STUDENTS[wc.student],
+        backbone=lambda wc: get_backbone_spec(STUDENTS[wc.student]["backbone"]),
         distill=config.get("distill"),
     log:
         get_log("distill_student", "{student}"),

@@ -93,6 +93,7 @@ rule evaluate_run:
         images_per_prompt=config["evaluation"]["images_per_prompt"],
         seed=config["evaluation"]["seed"],
         fid=get_fid_params(),
+        clip=get_clip_params(),
         fid_latents=lambda wc: wc.run in get_latent_structure_runs(),  # DMP Table 5 reads them
         resolution=config["resolution"],
         require_validated=config["evaluation"]["require_validated_evaluator"],
@@ -158,3 +159,26 @@ use rule fid_reference_stats as fid_reference_stats_coco with:
         get_log("fid_reference_stats_coco", "{feature_space}"),
     benchmark:
         get_benchmark("fid_reference_stats_coco", "{feature_space}")
+
+
+# The CLIP scorer of the miniature (evaluation.clip): a second contrastive CLIP on the pre-training renders, kept
+# whole (image and text towers), with its own seed; a paper model's config names a transformers CLIP instead.
+rule train_clip_scorer:
+    input:
+        data=get_split_dir("train"),
+        heldout=get_split_dir("reference"),  # its stats.json: held-out scenes with their own and others' captions
+    output:
+        model=directory(get_model_dir("clip_scorer")),
+    params:
+        cfg=config["evaluation"].get("clip"),
+    log:
+        get_log("train_clip_scorer"),
+    benchmark:
+        get_benchmark("train_clip_scorer")
+    threads: get_threads("train_clip_scorer")
+    resources:
+        **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/train_clip_scorer.py"

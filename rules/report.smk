@@ -82,8 +82,8 @@ rule publish_part:
         config_hash=get_config_hash(),
         command=lambda wc: get_run_command(f"{PUBLISHED}/{wc.part}"),
         repo=workflow.basedir,
-        # the jobs' start and end times, for the run's wall time (read, not tracked: they change every run)
-        benchmarks=f"{RESULTS}/benchmarks",
+        # Snakemake's records of the jobs upstream (start, end, inputs), for their times (read, not tracked)
+        metadata=".snakemake/metadata",
     log:
         get_log("publish_part", "{part}"),
     benchmark:

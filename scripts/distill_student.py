@@ -1,12 +1,12 @@
 """One distilled student: the teacher (the backbone's pre-trained denoiser) into a few-step student (DMD / VSD)."""
 from tsmflow.data.io import read_labels
-from tsmflow.models.backbone import load_mini_backbone
+from tsmflow.models.backbone import load_backbone
 from tsmflow.training.distill import student_config, distill_student
 from tsmflow.workflow import setup
 
 setup(snakemake)
 s, i = snakemake.params.student, snakemake.input
-bb = load_mini_backbone(s["backbone"], i.model, i.vae, i.text_encoder)
+bb = load_backbone(snakemake.params.backbone, i)
 captions = [r["caption"] for r in read_labels(f"{i.data}/labels.jsonl")]
 cfg = student_config(snakemake.params.distill, s)
 if s["adapter"] == "tsm2":  # the students it routes over

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from tsmflow.data.io import atomic_path, read_json, read_labels, write_json
+from tsmflow.evaluation.clip_score import folder_clip_score, load_clip_scorer
 from tsmflow.evaluation.evaluator import load_evaluator
 from tsmflow.evaluation.run import fid_record, run_metrics
 from tsmflow.evaluation.scoring import check_validated, score_folder
@@ -44,6 +45,12 @@ fid = fid_record(evaluator if space in ("shapes", "patch") else None, out.fid_sa
 if "patch_reference" in inp.keys():  # Patch-FID: the same samples' quadrants, the same features
     fid["patch"] = fid_record(evaluator, out.fid_samples, inp.patch_reference, "patch", validated,
                               n_boot=p.fid["n_boot"], seed=p.seed)
+if p.clip is not None:  # CLIP score of the same samples
+    scorer = load_clip_scorer(p.clip, getattr(inp, "clip", None))
+    scorer.model.to(bb.device)
+    fid["clip"] = folder_clip_score(scorer, out.fid_samples, p.fid.get("batch_size", 64))
+    print(f"CLIP score = {fid['clip']['clip_score']:.4f} ± {fid['clip']['clip_score_se']:.4f} (SE) from "
+          f"{fid['clip']['clip_n']} samples")
 write_json(out.fid, fid)
 print(f"FID ({space}) = {fid['fid']:.3f} ± {fid['fid_se'] or float('nan'):.3f} (bootstrap SE) from "
       f"{fid['n_samples']} samples vs {fid['n_reference']} reference images")

@@ -1,11 +1,12 @@
 """docs/results/<part>/: one part's tables, claims and table plots, each under one provenance line, and an index."""
 from tsmflow.data.io import atomic_dir
-from tsmflow.reporting.publish import git_commit, machine, provenance, publish, wall_span, write_index
+from tsmflow.reporting.publish import git_commit, machine, part_jobs, provenance, publish, write_index
 from tsmflow.workflow import setup
 
 setup(snakemake)
 p = snakemake.params
-line = provenance(git_commit(p.repo), p.config_hash, machine(), wall_span(p.benchmarks), p.command)
+jobs = part_jobs([f for f in snakemake.input], p.metadata)
+line = provenance(git_commit(p.repo), p.config_hash, machine(), jobs, p.command)
 with atomic_dir(snakemake.output[0]) as tmp:
     names = publish(dict(snakemake.input.items()), tmp, line)
     write_index(tmp, names, line)

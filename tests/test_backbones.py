@@ -112,6 +112,21 @@ def clip_text_config(tok: CLIPTokenizer, hidden: int, projection: int = 16, act:
                           pad_token_id=tok.pad_token_id)
 
 
+def save_tiny_clip(dirpath) -> Path:
+    """A tiny random transformers CLIP with its processor (CLIP score at real scale: evaluation.clip.pretrained)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    tokenizer = clip_tokenizer(Path(dirpath) / "tokenizer")
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=clip_text_config(tokenizer, 32).to_dict(),
+                     vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                                    "num_attention_heads": 2, "image_size": 30, "patch_size": 6,
+                                    "projection_dim": 16}, projection_dim=16)
+    CLIPModel(cfg).save_pretrained(dirpath)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30}, crop_size=30),
+                  tokenizer=tokenizer).save_pretrained(dirpath)
+    return Path(dirpath)
+
+
 # ---------------------------------------------------------------- tiny VAEs and pipelines
 
 

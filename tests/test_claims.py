@@ -1,5 +1,6 @@
 """The claims page: verdicts by the stated test on hand-made metrics; the published folder's provenance."""
-import os
+import json
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -8,7 +9,7 @@ from PIL import Image
 
 from tsmflow.data.grammar import CATEGORIES
 from tsmflow.reporting.claims import build_claims, group_stats, run_value, verdict, write_claims
-from tsmflow.reporting.publish import provenance, publish, wall_span, write_index, write_site
+from tsmflow.reporting.publish import part_jobs, provenance, publish, record_path, write_index, write_site
 from tsmflow.reporting.tables import PAPER_DIR
 
 
@@ -74,14 +75,38 @@ def test_claims_page_has_paper_numbers_ours_and_verdicts(tmp_path):
     assert len(pd.read_csv(tmp_path / "c.csv")) == 2
 
 
-def test_wall_span_from_benchmark_files(tmp_path):
-    for rule, end, s in [("a", 1000.0, 100.0), ("b", 1500.0, 50.0), ("publish_part", 9000.0, 1.0)]:
-        f = tmp_path / rule / "x.tsv"
-        f.parent.mkdir()
-        f.write_text(f"s\th:m:s\n{s}\t0:00:00\n")
-        os.utime(f, (end, end))
-    assert wall_span(tmp_path) == pytest.approx(1500.0 - 900.0)  # the publish job itself is left out
-    assert wall_span(tmp_path / "none") is None
+def test_part_jobs_walk_the_metadata_records_upstream_of_the_part(tmp_path):
+    """A part's jobs are its inputs' jobs and theirs, read from Snakemake's records: a two-output job counts once,
+    a job outside the part not at all, a source file ends the walk; a long path's record sits in "@" folders."""
+    meta = tmp_path / "metadata"
+    meta.mkdir()
+    long = "results/" + "x" * 300 + "/model"
+    jobs = {"results/tables/t.md": ("make_table", 900.0, 950.0, ["results/runs/a/metrics.json", "config.yaml"]),
+            "results/runs/a/metrics.json": ("evaluate_run", 500.0, 800.0, [long]),
+            "results/runs/a/fid.json": ("evaluate_run", 500.0, 800.0, [long]),
+            long: ("train", 100.0, 400.0, []),
+            "results/other.md": ("other", 0.0, 5000.0, [])}
+    for path, (rule, start, end, inputs) in jobs.items():
+        f = record_path(meta, path)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({"rule": rule, "starttime": start, "endtime": end, "input": inputs}))
+    assert record_path(meta, long).parent != meta  # split into a folder
+    got = part_jobs(["results/tables/t.md"], meta)
+    assert got == {"jobs": 3, "job_s": pytest.approx(50.0 + 300.0 + 300.0), "span_s": pytest.approx(850.0)}
+    assert part_jobs(["results/none.md"], meta) is None and part_jobs(["x"], tmp_path / "absent") is None
+
+
+def test_part_jobs_read_the_records_snakemake_writes(tmp_path, snakemake_bin):
+    """The record layout is Snakemake's own (not a public API): a real two-rule run is read back."""
+    (tmp_path / "Snakefile").write_text(
+        'rule all:\n    input: "b.txt"\n'
+        'rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n'
+        'rule b:\n    input: "a.txt"\n    output: "b.txt"\n    shell: "cat {input} > {output}"\n')
+    r = subprocess.run([snakemake_bin, "-c1", "-d", str(tmp_path), "-s", str(tmp_path / "Snakefile")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = part_jobs(["b.txt"], tmp_path / ".snakemake/metadata")
+    assert got["jobs"] == 2 and 0 <= got["job_s"] <= got["span_s"] + 1e-6
 
 
 def test_publish_copies_under_a_provenance_line(tmp_path):
@@ -90,8 +115,10 @@ def test_publish_copies_under_a_provenance_line(tmp_path):
     (src / "t.md").write_text("| a |\n|---|\n| 1 |\n")
     (src / "t.csv").write_text("a\n1\n")
     Image.new("RGB", (4, 4), (255, 0, 0)).save(src / "p.png")
-    line = provenance("abc123", "cafe", "x86_64, 2 CPUs, no GPU", 42.4, "snakemake")
-    assert "commit abc123" in line and "wall time 42 s" in line and "command `snakemake`" in line
+    line = provenance("abc123", "cafe", "x86_64, 2 CPUs, no GPU", {"jobs": 3, "job_s": 42.4, "span_s": 30.0},
+                      "snakemake")
+    assert "commit abc123" in line and "3 jobs upstream, 42 s of job wall time" in line
+    assert "command `snakemake`" in line and "job times unknown" in provenance("a", "b", "c", None, "d")
     out = tmp_path / "out"
     names = publish({"tables/t.md": src / "t.md", "tables/t.csv": src / "t.csv", "plots/p.png": src / "p.png"},
                     out, line)
@@ -106,7 +133,7 @@ def test_publish_copies_under_a_provenance_line(tmp_path):
 def test_site_index_joins_published_parts_and_lists_the_rest(tmp_path):
     """Parts published by different runs keep their own provenance on the index and the one claims page; a declared
     part not published yet is listed with the command that publishes it."""
-    line = provenance("abc123", "cafe", "x86_64, 2 CPUs, no GPU", 42.0, "snakemake docs/results/tsm")
+    line = provenance("abc123", "cafe", "x86_64, 2 CPUs, no GPU", None, "snakemake docs/results/tsm")
     part = tmp_path / "tsm"
     part.mkdir()
     write_index(part, publish({}, part, line), line)

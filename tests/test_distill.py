@@ -322,3 +322,16 @@ def test_tsm_1_and_2_stage_students_train_save_and_sample_through_the_run_loader
     with pytest.raises(ValueError, match="fake"):
         distill_student(fresh(), {**cfg, "assemble": {**cfg["assemble"], "core": tmp_path / "nofake"}}, _captions(),
                         tmp_path / "bad")
+
+
+def test_adapter_alpha_sets_the_scale_and_a_full_copy_of_a_half_model_trains_in_fp32():
+    """TSM Sup. A.3's student LoRA is r64 with alpha 8 (scale 1/8); full fine-tuning of a float16 teacher keeps
+    fp32 weights, since AdamW steps on fp16 weights underflow."""
+    assert AdapterSpec(kind="lora", rank=64, alpha=8).lora().alpha == 8.0
+    assert AdapterSpec(kind="lorad", rank=4).lora().alpha == 4.0  # default alpha = rank: scale 1
+    teacher = _mlp().half()
+    model, params = adapted_copy(teacher, AdapterSpec(kind="full"), "student")
+    assert {p.dtype for p in params} == {torch.float32} and len(params) == len(list(teacher.parameters()))
+    assert next(teacher.parameters()).dtype == torch.float16  # the teacher itself is untouched
+    lora, lora_params = adapted_copy(teacher, AdapterSpec(kind="lora", rank=2, targets=["0"]), "student")
+    assert {p.dtype for p in lora_params} == {torch.float32} and lora[0].base_layer.weight.dtype == torch.float16

@@ -21,7 +21,7 @@ from conftest import run_smoke, save_inception_stand_in
 from tsmflow import runs as runs_lib
 from tsmflow.config import load_config
 from tsmflow.reporting.tables import build_table
-from test_backbones import build_pipeline
+from test_backbones import build_pipeline, save_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +30,10 @@ NAMES = {"sd15": "sd15", "sd2": "sd2", "pixart": "pixart_alpha", "sd3": "sd3"}  
 JOBS = {"coco_reference": 1, "encode_image_text": 1, "fid_reference_stats_coco": 1, "train_expert": 10,
         "assemble_router": 1, "evaluate_run_fid": 5, "make_table": 1, "plot_table_fid": 1, "all": 1}
 RUNS = ["base", "lora_r4", "lora_r32", "tsm1", "tsm2"]
+# SD1.5 also has the default config's students: 4-step LoRA, TSM 1-stage and 2-stage, one-step LoRaD; their four
+# runs are sampled and scored in tsm_table3, tsm_table6 and wadi_main (with its weight-change plot)
+DISTILL_JOBS = {"distill_student": 4, "evaluate_run_fid": 4, "make_table": 3, "plot_table_fid": 3,
+                "plot_weight_change": 1}
 
 
 def with_run(run: dict):
@@ -73,8 +77,10 @@ def test_each_paper_model_config_plans_its_table_rows_through_the_stage_rules(sn
     for run in RUNS:
         assert f"results/runs/{run}_{name}/fid.json" in r.stdout
     assert "pretrain_base" not in r.stdout and "train_evaluator" not in r.stdout  # no miniature foundation
-    r = dry_run(snakemake_bin, root, tmp_path / "work", tmp_path / "config.yaml")  # `rule all`: the same table
-    assert r.returncode == 0 and job_counts(r.stdout) == JOBS, r.stdout[-2000:] + r.stderr[-3000:]
+    r = dry_run(snakemake_bin, root, tmp_path / "work", tmp_path / "config.yaml")  # `rule all`: its tables
+    want = {k: JOBS.get(k, 0) + (DISTILL_JOBS.get(k, 0) if name == "sd15" else 0) for k in {**JOBS, **DISTILL_JOBS}}
+    assert r.returncode == 0 and job_counts(r.stdout) == {k: v for k, v in want.items() if v}, \
+        r.stdout[-2000:] + r.stderr[-3000:]
     assert not (tmp_path / "work/results").exists()
 
 
@@ -85,6 +91,11 @@ def test_placeholder_data_and_absent_offline_inception_weights_fail_before_any_j
     offline = shipped(root, tmp_path, "sd15", lambda c: c["backbones"]["sd15"].update(local_files_only=True))
     r = dry_run(snakemake_bin, root, tmp_path / "work", offline)
     assert r.returncode != 0 and "config key evaluation.fid.inception_weights: the offline backbones ['sd15']" in (
+        r.stdout + r.stderr)
+    offline_clip = shipped(root, tmp_path, "sd15", lambda c: (c["backbones"]["sd15"].update(local_files_only=True),
+                                                                c["evaluation"]["fid"].update(inception_weights=__file__)))
+    r = dry_run(snakemake_bin, root, tmp_path / "work", offline_clip)
+    assert r.returncode != 0 and "config key evaluation.clip.local_files_only: the offline backbones ['sd15']" in (
         r.stdout + r.stderr)
     absent = shipped(root, tmp_path, "sd15", lambda c: c["evaluation"]["fid"].update(
         inception_weights=str(tmp_path / "absent.pt")))
@@ -97,7 +108,7 @@ def test_placeholder_data_and_absent_offline_inception_weights_fail_before_any_j
     (with_run({"method": "lora", "backbone": "sd15", "experts": "sd15-gors-n1-r4-s10", "evaluate": ["fid"]}),
      "config key runs.x: expert set 'sd15-gors-n1-r4-s10': a paper model trains on its post-pretraining data"),
     (with_run({"method": "base", "backbone": "sd15"}),
-     "config key runs.x: a paper model has base, lora, tsm1 and tsm2 runs, evaluated with `evaluate: [fid]`"),
+     "config key runs.x: a paper model has base, lora, tsm1, tsm2 and distill runs, evaluated with `evaluate: [fid]`"),
     (lambda c: c.update(deme_sets={"d": {"backbone": "sd15", "task": "post", "n": 2, "p": 0.3, "steps": 5}}),
      "config key deme_sets.d: deme_sets on a paper model (sd15) are not built yet"),
     (with_run({"method": "base", "backbone": "sd9"}),
@@ -184,6 +195,7 @@ def tiny_config(root, tmp, name: str = "sd15", dtype: str = "float32"):
                        images=str(tmp / "coco/val2014"), n_reference=6, resolution=32)
     cfg["evaluation"]["fid"].update(n_samples=4, batch_size=4,
                                     inception_weights=str(save_inception_stand_in(tmp / "inception/inception.pt")))
+    cfg["evaluation"]["clip"] = {"pretrained": str(save_tiny_clip(tmp / "clip")), "local_files_only": True}
     cfg.update(gpus_per_job=0, threads={"default": 1}, claims={}, parts={"post_pretraining": ["tsm_table12"]})
     core, context = f"{name}-post-n2-r2-s2", f"{name}-post-n1-r2-s2"
     cfg["runs"] = {f"base_{name}": {"method": "base", "backbone": name, "evaluate": ["fid"]},
@@ -246,6 +258,7 @@ def test_tiny_sd15_runs_post_pretraining_through_the_stage_rules(snakemake_bin, 
     assert ref["mu"].shape == (2048,) and int(ref["n"]) == 6 and "features" not in ref
     fids = [json.loads((res / f"runs/{run}/fid.json").read_text()) for run in runs]
     assert all(f["feature_space"] == "inception" and f["n_samples"] == 4 and f["fid"] > 0 for f in fids)
+    assert all(f["clip"]["clip_n"] == 4 and -1 <= f["clip"]["clip_score"] <= 1 for f in fids)  # the tiny local CLIP
     table = pd.read_csv(res / "tables/tsm_table12.csv", dtype=str)
     assert table["row"].tolist() == ["SD1.5 (pre-trained)", "SD1.5 + vanilla LoRA r2", "SD1.5 + vanilla LoRA r4",
                                      "SD1.5 + TSM 1-stage", "SD1.5 + TSM 2-stage"]
@@ -318,3 +331,70 @@ def assert_load_run_reproduces_the_dag_s_samples(config, work, res):
         assert np.abs(image.astype(int) - dag.astype(int)).max() <= 1, run
     with pytest.raises(Exception, match="not one of this config's runs"):
         runs_lib.load_run(config, "tsm3_sd15", workdir=work)
+
+
+def distill_config(root, tmp, dtype: str = "float16"):
+    """tiny_config with the default config's SD1.5 students at tiny sizes (rank 2, 2 steps, batch 2): the same
+    students, runs and tables a cluster run of config/backbones/sd15.yaml builds."""
+    cfg = yaml.safe_load(tiny_config(root, tmp, "sd15", dtype).read_text())
+    default = load_config(root / "config/config.yaml")
+    students = {k: copy.deepcopy(v) for k, v in default["students"].items() if v["backbone"] == "sd15"}
+    for s in students.values():
+        s.update(steps=2, fake_updates_per_student=1)
+        s["train"] = {**s["train"], "batch_size": 2, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 0}
+        if s["adapter"] != "tsm2":
+            s["rank"] = 2
+        s["fake"]["rank"] = 2
+    runs = {k: v for k, v in default["runs"].items() if v["backbone"] == "sd15" and v["method"] == "distill"}
+    cfg["runs"].update(runs)
+    tables = {t: {**default["tables"][t], "rows": [r for r in default["tables"][t]["rows"]
+                                                   if r.get("run", "").endswith("_sd15")]}
+              for t in ("tsm_table6", "wadi_main")}
+    cfg.update(students=students, distill=default["distill"], tables=tables,
+               parts={"distill": ["tsm_table6", "wadi_main"]})
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return tmp / "config.yaml", students
+
+
+@pytest.mark.slow  # not in the smoke group: it needs no smoke output, so the other worker takes it
+def test_tiny_sd15_in_half_precision_distils_lorad_lora_and_tsm_students_through_the_stage_rules(
+        snakemake_bin, root, tmp_path):
+    """The default config's SD1.5 students (WaDi's one-step LoRaD, TSM Table 6's 4-step LoRA, 1-stage and 2-stage)
+    from a tiny random pipeline in float16, through distill_student and evaluate_run_fid to their tables."""
+    build_pipeline("sd15", tmp_path / "tokenizer_src").save_pretrained(tmp_path / "pipeline")
+    write_fixture_data(tmp_path)
+    config, students = distill_config(root, tmp_path)
+    work = tmp_path / "work"
+    res = work / "results"
+    r = run_smoke(snakemake_bin, root, work, "results/tables/tsm_table6.md", "results/tables/wadi_main.md",
+                  "results/plots/wadi_main_weight_change.png", "--cores", "1", configfile=config, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert set(students) == {"sd15-1step-lorad-r256", "sd15-4step-lora-r64", "sd15-4step-tsm-r64", "sd15-4step-tsm2"}
+    stats = {s: json.loads((res / f"students/{s}/stats.json").read_text()) for s in students}
+    assert stats["sd15-1step-lorad-r256"]["nfe"] == 1 and stats["sd15-4step-lora-r64"]["nfe"] == 4
+    assert stats["sd15-1step-lorad-r256"]["adapter"] == "lorad" and stats["sd15-4step-tsm2"]["experts"] == [4, 1]
+    # the merged one-step student is the pipeline's UNet class, in the pipeline's precision, and it moved
+    from diffusers import UNet2DConditionModel
+    teacher = UNet2DConditionModel.from_pretrained(tmp_path / "pipeline/unet")
+    student = UNet2DConditionModel.from_pretrained(res / "students/sd15-1step-lorad-r256")
+    saved = load_file(str(res / "students/sd15-1step-lorad-r256/diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in saved.values()} == {torch.float16}
+    moved = [(a.float() - b.float()).abs().max() for (_, a), (_, b) in
+             zip(teacher.named_parameters(), student.named_parameters()) if a.shape == b.shape]
+    assert max(moved) > 0
+    assert stats["sd15-1step-lorad-r256"]["direction_change"] > 0
+    # LoRA r64 with alpha 8 in the config: the saved scale is alpha / rank, here 8 / 2
+    from tsmflow.adapters.lora import read_lora_spec
+    spec, _ = read_lora_spec(res / "students/sd15-4step-lora-r64/adapter")
+    assert (spec.rank, spec.alpha) == (2, 8.0)
+    assert "time_emb_proj" in spec.denoiser_targets and "conv1" in spec.denoiser_targets
+    for run in ["base_sd15", "dmd4_lora_sd15", "dmd4_tsm1_sd15", "dmd4_tsm2_sd15", "wadi_lorad_sd15"]:
+        fid = json.loads((res / f"runs/{run}/fid.json").read_text())
+        assert fid["feature_space"] == "inception" and fid["n_samples"] == 4 and np.isfinite(fid["fid"]), run
+    table = pd.read_csv(res / "tables/tsm_table6.csv", dtype=str).set_index("runs")
+    assert table.loc["dmd4_tsm1_sd15", "NFEs"] == "4" and table.loc["dmd4_tsm2_sd15", "FID [TSM Table 6]"] == "9.90"
+    wadi = pd.read_csv(res / "tables/wadi_main.csv", dtype=str).set_index("runs")
+    assert wadi.loc["wadi_lorad_sd15", "NFEs"] == "1"
+    assert wadi.loc["wadi_lorad_sd15", "Trainable params (M) [WaDi Table main]"] == "83.80"  # not the 860 total
+    assert wadi.loc["wadi_lorad_sd15", "FID [WaDi Table main]"] == "10.79"
+    assert (res / "plots/wadi_main_weight_change.png").stat().st_size > 0

@@ -70,6 +70,10 @@ def test_evaluation_outputs(smoke):
             files = sorted((res / f"runs/{run}/compbench/{cat}").glob("*_0000*.png"))
             assert len(files) == 3 * 2 and files[0].name.endswith("_000000.png")
         assert m["fid"] >= 0 and m["fid_n_samples"] == 16
+        # CLIP score of the same 16 samples, by the workflow's own CLIP scorer (a cosine)
+        assert -1 <= m["clip_score"] <= 1 and m["clip_n"] == 16 and m["clip_score_se"] > 0
+    scorer = json.loads((res / "models/clip_scorer/stats.json").read_text())
+    assert scorer["heldout_n"] == 64 and -1 <= scorer["heldout_shuffled"] <= 1
     table = (res / "tables/base_models.md").read_text()
     assert "[TSM Table 1]" in table and "unet (pre-trained)" in table and "36.97" in table
     for ext in ("csv", "tex"):
@@ -207,7 +211,7 @@ def test_published_parts_are_the_run_s_tables_byte_for_byte(smoke, snakemake_bin
     parts = yaml.safe_load((root / "config/smoke.yaml").read_text())["parts"]
     for part, tables in parts.items():
         line = (docs / part / "README.md").read_text().splitlines()[2]
-        assert "commit " in line and "config " in line and "CPUs" in line and "wall time" in line
+        assert "commit " in line and "config " in line and "CPUs" in line and "jobs upstream" in line
         assert f"command `snakemake --configfile config/smoke.yaml docs/results/{part}`" in line
         published = sorted((docs / part / "tables").glob("*.md"))
         assert [t.stem for t in published] == sorted(tables)

@@ -121,3 +121,17 @@ def test_dmp_table1_counts_the_patch_against_the_denoiser_and_cites_both_paper_r
     # the paper's two rows, each in its own labelled reference column
     assert row["#Parameters (M), without DMP [DMP Table 1]"] == "130"
     assert row["#Parameters (M), with DMP [DMP Table 1]"] == "132.5"
+
+
+def test_a_table_may_name_the_paper_column_a_metric_reads(tmp_path):
+    """WaDi's main table prints the whole model's size as "#Params (M)" and the trainable part beside it: the
+    trainable-parameter column must read the latter (config tables.wadi_main.paper_metrics)."""
+    paper = tmp_path / "wadi_table_main.csv"
+    paper.write_text("paper,table,block,row,setting,metric,value,note\n"
+                     "wadi,main,B,WaDi,S,#Params (M),860,\nwadi,main,B,WaDi,S,Trainable params (M),83.80,\n")
+    decl = {"title": "t", "paper_table": "wadi_table_main", "columns": ["trainable_params_m"],
+            "rows": [{"run": "r", "label": "r", "paper_block": "B", "paper_row": "WaDi", "paper_setting": "S"}]}
+    metrics = {"r": {"trainable_params_m": 1.5}}
+    assert build_table(decl, metrics, tmp_path)["#Params (M) [WaDi Table main]"].tolist() == ["860"]
+    named = build_table({**decl, "paper_metrics": {"trainable_params_m": "Trainable params (M)"}}, metrics, tmp_path)
+    assert named["Trainable params (M) [WaDi Table main]"].tolist() == ["83.80"]

@@ -429,3 +429,31 @@ def test_moe_lora_trains_experts_and_router_jointly_and_reloads(mini_backbone, t
         run_bb.route(t)
         b = run_bb.predict(x, t, run_bb.encode(["a red circle"] * 2))
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_router_on_a_convolution_reads_its_channels_averaged_over_pixels():
+    """TSM Sup. A.3 puts LoRA on the UNet's convolutions too: a context expert there is gated by G(mean over
+    pixels of its input, t), one gate per sample over the whole feature map."""
+    from peft import inject_adapter_in_model
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+    spec = LoraSpec(rank=2, alpha=2, denoiser_targets=["0"], text_encoder_targets=[])
+    for n in ("c0", "c1", "ctx"):
+        inject_adapter_in_model(spec.config(["0"]), model, adapter_name=n)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            nn.init.normal_(p, std=0.5)
+    layer = model[0]
+    mix = ExpertMixture({"m": model}, Scale(2, ("c0", "c1")), [Scale(1, ("ctx",))], T)
+    router = mix.routers["m__0"]
+    assert router.fc.in_features == 3
+    x, t = torch.randn(2, 3, 5, 5), torch.tensor([100, 900])
+    mix.set_timesteps(t)
+    with torch.no_grad():
+        router.fc.weight.normal_()
+        router.emb.weight.normal_()
+        out = model(x)
+        g = router.fc(x.mean(dim=(2, 3))) + router.emb(t)
+        core = torch.cat([expert_delta(layer, f"c{b}", x[b:b + 1]) for b in range(2)])
+        want = layer.base_layer(x) + core + g[:, 0].view(-1, 1, 1, 1) * expert_delta(layer, "ctx", x)
+    assert out.shape == (2, 4, 5, 5) and torch.allclose(out, want, atol=1e-5)

@@ -120,7 +120,10 @@ class ExpertMixture(nn.Module):
         self._hooks = []
 
     def gates(self, key: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        z = x if (self.per_token and x.ndim == 3) else (x.mean(dim=1) if x.ndim == 3 else x)
+        if x.ndim == 4:  # a convolution's input (B, C, H, W): its channels, averaged over pixels
+            z = x.mean(dim=(2, 3))
+        else:  # a linear layer's (B, D) or (B, L, D): averaged over tokens unless routed per token
+            z = x if (self.per_token and x.ndim == 3) else (x.mean(dim=1) if x.ndim == 3 else x)
         g = self.routers[key](z, t)
         return torch.softmax(g, dim=-1) if self.gate == "softmax" else g
 

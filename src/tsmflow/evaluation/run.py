@@ -36,7 +36,8 @@ def fid_record(model: Detector | None, folder, reference, feature_space: str, va
 def run_metrics(run: str, spec: dict, fid: dict, scores: pd.DataFrame | None, trained_stats: list[dict],
                 sampling: dict | None = None) -> dict:
     """CompBench-mini per category (%, with image and prompt counts and a standard error that treats prompts as
-    the sampling unit; none for FID-only runs), FID with its sample count and bootstrap SE, the run's config, its
+    the sampling unit; none for FID-only runs), FID with its sample count and bootstrap SE, the CLIP score of the
+    same samples where evaluated (fid["clip"]), the run's config, its
     trainable parameters, and its NFEs: a student's steps, or the sampler's `steps` (a CFG step's two branches
     share one batched call, counted once)."""
     metrics = {}
@@ -53,6 +54,7 @@ def run_metrics(run: str, spec: dict, fid: dict, scores: pd.DataFrame | None, tr
                    **{k: fid[k] for k in ("precision", "recall", "prc_neighborhood") if k in fid},
                    **({"patch_fid": fid["patch"]["fid"], "patch_fid_se": fid["patch"]["fid_se"]} if "patch" in fid
                       else {}),
+                   **fid.get("clip", {}),
                    **{f"config_{k}": v for k, v in spec.items()})
     metrics.update(trainable_summary(spec, trained_stats))
     if sampling and "steps" in sampling:

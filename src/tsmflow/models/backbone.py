@@ -174,18 +174,22 @@ def mini_prompt_encoder(tokenizer, text_encoder) -> Callable[[list[str]], Cond]:
     return encode
 
 
+def denoiser_class(arch: str):
+    """The diffusers class of an arch's denoiser."""
+    import diffusers
+    return getattr(diffusers, {"unet": "UNet2DConditionModel", "dit": "PixArtTransformer2DModel",
+                               "mmdit": "SD3Transformer2DModel", "cdit": "DiTTransformer2DModel"}[arch])
+
+
 def load_mini_backbone(arch: str, denoiser_dir, vae_dir, text_dir, objective: str | None = None) -> Backbone:
     """Load the workflow's own trained components (all local, nothing downloaded). The class-conditional cdit has
     no text encoder: `text_dir` may be None and is not read."""
-    from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
     from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
     classes = arch in CLASS_ARCHS
     for p in (vae_dir,) if classes else (vae_dir, text_dir):
         if p is None or not Path(p).is_dir():
             raise FileNotFoundError(f"{p}: model directory not found (has its rule run?)")
-    cls = {"unet": UNet2DConditionModel, "dit": PixArtTransformer2DModel, "mmdit": SD3Transformer2DModel,
-           "cdit": DiTTransformer2DModel}[arch]
-    denoiser = cls.from_pretrained(denoiser_dir, use_safetensors=True) if denoiser_dir is not None else None
+    denoiser = denoiser_class(arch).from_pretrained(denoiser_dir, use_safetensors=True) if denoiser_dir else None
     if classes and denoiser is not None:
         no_label_dropout(denoiser)  # not saved in its config: loading rebuilds the embedding with p=0.1
     sched_dir = Path(denoiser_dir or "") / "scheduler"
@@ -228,11 +232,12 @@ def pretrained_kwargs(spec: dict) -> dict:
     return kwargs
 
 
-def load_pipeline_backbone(spec: dict) -> Backbone:
+def load_pipeline_backbone(spec: dict, denoiser_dir=None) -> Backbone:
     """Load SD1.5 / SD2 / PixArt-alpha / SD3 from `spec["pretrained"]` (hub id or local dir).
 
     `spec` is a `config/backbones/*.yaml` block. This is the exact code path a
     cluster run takes; tests drive it with tiny random pipelines saved locally.
+    denoiser_dir: a trained denoiser of the family (a merged distilled student), in place of the pipeline's.
     """
     import diffusers
     family = spec["family"]
@@ -250,6 +255,9 @@ def load_pipeline_backbone(spec: dict) -> Backbone:
     for name, value in index.items():
         if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] is None:
             kwargs.setdefault(name, None)
+    if denoiser_dir is not None:
+        kwargs[attr] = denoiser_class(arch).from_pretrained(denoiser_dir, torch_dtype=kwargs["torch_dtype"],
+                                                            use_safetensors=True)
     pipe = pipe_cls.from_pretrained(spec["pretrained"], **kwargs)
     if family == "sd3":
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
@@ -295,11 +303,12 @@ def load_backbone(spec: dict, inputs=None, model=None) -> Backbone:
     resolution (VAEs are shared between models, so the VAE's own sample_size need not be it); its VAE goes to the
     job's device at once, since the pipeline encodes prompts there. The miniature's arch loads the components the
     workflow trained, which are the job's inputs: `model` (default: inputs.model), inputs.vae, inputs.text_encoder.
+    A real family's `model`, where given, is a trained denoiser that replaces the pipeline's.
     """
     if spec["family"] == "mini":
         return load_mini_backbone(spec["arch"], model if model is not None else getattr(inputs, "model", None),
                                   inputs.vae, getattr(inputs, "text_encoder", None), spec.get("objective"))
-    bb = load_pipeline_backbone(spec)
+    bb = load_pipeline_backbone(spec, denoiser_dir=model)
     if spec.get("resolution"):
         bb.vae.register_to_config(sample_size=spec["resolution"])
     bb.vae.to(device())

@@ -1,13 +1,14 @@
 """The published results folder (docs/results/): per part (a group of tables that runs on its own), the tables, its
-claims and the table plots, each naming where it came from: the commit, the config hash, the machine, the run's
-wall time and the command that builds the part; then one index and one claims page over the published parts.
+claims and the table plots, each naming where it came from: the commit, the config hash, the machine, the times of
+the jobs that built it and the command that builds the part; then one index and one claims page over the published parts.
 
 Tables are copied byte for byte below one provenance line, so a published table can be checked against the
 results/ it was made from; plots carry the same line as a PNG text chunk. Nothing here computes a number.
 """
 from __future__ import annotations
 
-import csv
+import base64
+import json
 import os
 import platform
 import shutil
@@ -40,28 +41,49 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, {', '.join(gpus) or 'no GPU'}"
 
 
-def wall_span(benchmark_dir, exclude: str = "publish_") -> float | None:
-    """Seconds from the first job's start to the last job's end, from Snakemake's benchmark files: each is written
-    when its job ends (its mtime) and holds the job's wall seconds (`s`). Publishing jobs (rules named `exclude`...)
-    are left out. A run resumed later spans the pause too."""
-    starts, ends = [], []
-    for f in Path(benchmark_dir).rglob("*.tsv"):
-        if f.parent.name.startswith(exclude):
-            continue
-        with open(f, newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        if not rows:
-            continue
-        end = f.stat().st_mtime
-        starts.append(end - float(rows[-1]["s"]))
-        ends.append(end)
-    return max(ends) - min(starts) if ends else None
+def record_path(metadata_dir, path: str) -> Path:
+    """Where Snakemake keeps the metadata record of output `path`: its urlsafe base64 name, split into folders
+    (prefixed "@") where it exceeds the file system's name limit (snakemake.persistence)."""
+    b64 = base64.urlsafe_b64encode(str(path).encode()).decode()
+    limit = os.pathconf(metadata_dir, "PC_NAME_MAX") - 1 if os.name == "posix" else 254
+    chunks = [b64[i: i + limit] for i in range(0, len(b64), limit)]
+    return Path(metadata_dir, *["@" + c for c in chunks[:-1]], chunks[-1])
 
 
-def provenance(commit: str, config_hash: str, machine_name: str, wall_s: float | None, command: str) -> str:
-    wall = f"{wall_s:.0f} s" if wall_s is not None else "unknown"
+def part_jobs(targets, metadata_dir) -> dict | None:
+    """The jobs that built `targets` and everything upstream of them, read from Snakemake's metadata records (one
+    per output: its rule, inputs, start and end): {"jobs", "job_s" (their wall seconds summed), "span_s" (first
+    start to last end)}. Jobs of earlier runs count too: job_s is what the part costs from scratch, whichever run
+    did each job, and span_s includes any pause between runs. None without records."""
+    if not Path(metadata_dir).is_dir():
+        return None
+    jobs, seen, todo = {}, set(), [str(t) for t in targets]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        f = record_path(metadata_dir, path)
+        if not f.is_file():
+            continue  # a source file (config, data the user gave)
+        rec = json.loads(f.read_text())
+        if rec.get("starttime") is None or rec.get("endtime") is None:
+            continue
+        jobs[(rec["rule"], rec["starttime"])] = rec["endtime"]  # one job writes several outputs
+        todo += rec.get("input", [])
+    if not jobs:
+        return None
+    starts = [s for _, s in jobs]
+    return {"jobs": len(jobs), "job_s": sum(e - s for (_, s), e in jobs.items()),
+            "span_s": max(jobs.values()) - min(starts)}
+
+
+def provenance(commit: str, config_hash: str, machine_name: str, jobs: dict | None, command: str) -> str:
+    cost = (f"{jobs['jobs']} jobs upstream, {jobs['job_s']:.0f} s of job wall time in all, "
+            f"{jobs['span_s']:.0f} s from the first start to the last end (jobs of earlier runs included)"
+            if jobs else "job times unknown")
     return (f"Published by rule publish_part from results/: commit {commit}, config {config_hash}, "
-            f"machine {machine_name}, run wall time {wall} (first job start to last job end), command `{command}`.")
+            f"machine {machine_name}, {cost}, command `{command}`.")
 
 
 def publish(files: dict[str, str], out_dir, line: str) -> list[str]:

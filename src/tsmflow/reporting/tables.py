@@ -23,6 +23,7 @@ PAPER_METRIC = {
     "spatial": ("Spatial", "Spa"), "non_spatial": ("Non-Spatial", "NS"), "complex": ("Complex", "Com"),
     "fid": ("FID",), "patch_fid": ("Patch-FID",), "trainable_pct": ("Trainable (%)",), "nfe": ("NFEs",),
     "norm_change": ("NM",), "direction_change": ("DM",), "precision": ("Precision",), "recall": ("Recall",),
+    "clip_score": ("CLIP-Score", "CLIP"),
     "trainable_params_m": ("#Params (M)", "Trainable params (M)", "N_params (M)"),
     "denoiser_params_m": ("#Parameters (M)",), "patched_params_m": ("#Parameters (M)",),
     **{f"{k}_{s}": (s.capitalize(),) for k in ("correlation", "similarity") for s in ("max", "min", "mean", "std")},
@@ -39,6 +40,7 @@ METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spati
                 "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)", "nfe": "NFEs",
                 "norm_change": "Norm change NM (%)", "direction_change": "Direction change DM (%)",
                 "trainable_params_m": "Trainable params (M)", "precision": "Precision", "recall": "Recall",
+                "clip_score": "CLIP score",
                 "train_wall_s": "Training wall (s)", "patch_fid": "Patch-FID (shapes features)",
                 "denoiser_params_m": "Denoiser params (M)", "patched_params_m": "With DMP (M)",
                 "param_increase_pct": "Increase (%)", "n_latents": "Latents",
@@ -46,7 +48,7 @@ METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spati
                 "spatial_bias_std": "Spatial bias (std over timesteps)",
                 **{f"{k}_{s}": f"{k.capitalize()} {s}" for k in ("correlation", "similarity")
                    for s in ("max", "min", "mean", "std")}}
-DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0,
+DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0, "clip_score": 4,
           "denoiser_params_m": 4, "patched_params_m": 4, "param_increase_pct": 2, "n_latents": 0,
           "temporal_bias_std": 6, "spatial_bias_std": 6,
           **{f"{k}_{s}": 4 for k in ("correlation", "similarity") for s in ("max", "min", "mean", "std")}}
@@ -60,10 +62,12 @@ def load_paper_table(name: str, paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def paper_value(df: pd.DataFrame, row: str, metric: str, block: str = "", setting: str = "") -> str | None:
-    """The printed value of one paper cell, or None where the paper has none."""
+def paper_value(df: pd.DataFrame, row: str, metric: str, block: str = "", setting: str = "",
+                names: tuple[str, ...] | None = None) -> str | None:
+    """The printed value of one paper cell, or None where the paper has none. names: the paper's metric names to
+    read, in order (default: PAPER_METRIC's for `metric`)."""
     sel = df[(df["row"] == row) & (df["block"] == block) & (df["setting"] == setting)]
-    for name in PAPER_METRIC.get(metric, (metric,)):
+    for name in names or PAPER_METRIC.get(metric, (metric,)):
         hit = sel[sel["metric"] == name]
         if len(hit) == 1:
             return hit["value"].iloc[0]
@@ -128,9 +132,11 @@ def build_table(decl: dict, metrics: dict[str, dict], paper_dir: Path = PAPER_DI
                 # a column may cite another paper row (DMP Table 1: the model without the patch)
                 prow = row.get("paper_rows", {}).get(m, row.get("paper_row", ""))
                 pset = row.get("paper_setting") or METRIC_SETTING.get(m, "")
-                v = paper_value(paper, prow, m, row.get("paper_block", ""), pset) if cited else None
+                # a table may name the paper's column (WaDi's main table: "#Params (M)" is the whole model's)
+                names = (decl["paper_metrics"][m],) if m in decl.get("paper_metrics", {}) else None
+                v = paper_value(paper, prow, m, row.get("paper_block", ""), pset, names) if cited else None
                 # the paper's own metric name: its FID is Inception FID, not ours
-                header = PAPER_COLUMN.get(m, PAPER_METRIC.get(m, (m,))[0])
+                header = PAPER_COLUMN.get(m, (names or PAPER_METRIC.get(m, (m,)))[0])
                 rec[f"{header} [{tag}]"] = v if v is not None else "—"
         out.append(rec)
     df = pd.DataFrame(out)

@@ -72,6 +72,7 @@ class AdapterSpec:
     rank: int = 0
     targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     experts: int = 0
+    alpha: float | None = None  # LoRA-style scale alpha / rank; default alpha = rank
 
     def __post_init__(self):
         if self.kind not in ADAPTERS:
@@ -83,7 +84,7 @@ class AdapterSpec:
                              f"(got {self.experts})")
 
     def lora(self) -> LoraSpec:
-        return LoraSpec(rank=self.rank, alpha=float(self.rank), denoiser_targets=list(self.targets),
+        return LoraSpec(rank=self.rank, alpha=float(self.alpha or self.rank), denoiser_targets=list(self.targets),
                         text_encoder_targets=[], variant="lora" if self.kind == "tsm" else self.kind)
 
 
@@ -94,8 +95,8 @@ def adapted_copy(denoiser: nn.Module, spec: AdapterSpec, name: str, init=None,
     init: a saved adapter directory to start the adapter from (its part `prefix`), instead of zero.
     """
     model = copy.deepcopy(denoiser)
-    if spec.kind == "full":
-        model.requires_grad_(True)
+    if spec.kind == "full":  # AdamW on a half-precision copy would underflow: full training keeps fp32 weights
+        model.float().requires_grad_(True)
         return model, list(model.parameters())
     model.requires_grad_(False)
     if init is None:
@@ -329,11 +330,12 @@ def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir)
 
 
 def student_config(defaults: dict, student: dict) -> dict:
-    """`distill_student`'s cfg from config `distill` (shared settings) and one `students` entry (which wins)."""
+    """`distill_student`'s cfg from config `distill` (shared settings) and one `students` entry (which wins, its
+    `fake` key by key)."""
     targets = student.get("targets", defaults["targets"])
     return {"student": {"kind": student["adapter"], "rank": student.get("rank", 0), "targets": targets,
-                        "experts": student.get("experts", 0)},
-            "fake": {"targets": targets, **defaults["fake"]},
+                        "experts": student.get("experts", 0), "alpha": student.get("alpha")},
+            "fake": {"targets": targets, **defaults["fake"], **student.get("fake", {})},
             "timesteps": student["timesteps"], "steps": student["steps"], "seed": student.get("seed", 0),
             "guidance_scale": student.get("guidance_scale", defaults["guidance_scale"]),
             "fake_updates_per_student": student.get("fake_updates_per_student", defaults["fake_updates_per_student"]),

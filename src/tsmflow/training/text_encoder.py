@@ -1,18 +1,25 @@
-"""Stage `train_text_encoder`: a tiny CLIP trained on rendered (scene, caption) pairs."""
+"""Stages `train_text_encoder` and `train_clip_scorer`: a tiny CLIP trained on rendered (scene, caption) pairs.
+
+The denoisers' text encoder is its text tower. The CLIP scorer (evaluation.clip) is a second one with its own
+seed, kept whole (image and text towers), so CLIP scores do not come from the generators' own text encoder.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from accelerate.utils import set_seed
 from transformers import CLIPModel
 
 from ..data.grammar import vocabulary
+from ..evaluation.clip_score import load_clip_scorer
 from ..data.io import load_dataset, write_json
 from ..models.text import ContrastiveObjective, build_tokenizer, clip_config, export_text_encoder
 from .loop import TrainConfig, infinite_batches, resumable_output, to_pixels, train
 
 
-def train_text_encoder(data_dir, cfg: dict, out_dir) -> dict:
+def _train_clip(data_dir, cfg: dict, out_dir, desc: str, export) -> dict:
+    """Train a CLIP on `data_dir`'s scenes and captions; `export(clip)` is the model saved beside the tokenizer."""
     images, labels = load_dataset(data_dir)
     tokenizer = build_tokenizer(vocabulary(), cfg["max_length"])
     tcfg = TrainConfig.from_dict(cfg["train"])
@@ -22,10 +29,29 @@ def train_text_encoder(data_dir, cfg: dict, out_dir) -> dict:
                                extra={"caption": [r["caption"] for r in labels]})
     with resumable_output(out_dir) as (tmp, ckpt):
         stats = train(ContrastiveObjective(clip, tokenizer), clip.parameters(), batches, tcfg,
-                      tmp / "loss.csv", desc="text encoder (CLIP)", checkpoint=ckpt / "train.safetensors")
-        text = export_text_encoder(clip)
-        text.save_pretrained(tmp)  # safetensors
+                      tmp / "loss.csv", desc=desc, checkpoint=ckpt / "train.safetensors")
+        model = export(clip)
+        model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
-        stats["params"] = sum(p.numel() for p in text.parameters())
+        stats["params"] = sum(p.numel() for p in model.parameters())
         write_json(Path(tmp) / "stats.json", stats)
+    return stats
+
+
+def train_text_encoder(data_dir, cfg: dict, out_dir) -> dict:
+    return _train_clip(data_dir, cfg, out_dir, "text encoder (CLIP)", export_text_encoder)
+
+
+def train_clip_scorer(data_dir, cfg: dict, out_dir, heldout_dir) -> dict:
+    """The CLIP scorer, checked on held-out renders: its mean score with each scene's own caption against a caption
+    of another scene (stats.json `heldout_matched`, `heldout_shuffled`; a scorer that reads the prompt scores the
+    first higher)."""
+    stats = _train_clip(data_dir, cfg, out_dir, "CLIP scorer", lambda clip: clip)
+    images, labels = load_dataset(heldout_dir)
+    captions = [r["caption"] for r in labels]
+    scorer = load_clip_scorer({}, out_dir)
+    stats.update(heldout_matched=float(scorer.scores(list(images), captions).mean()),
+                 heldout_shuffled=float(scorer.scores(list(images), list(np.roll(captions, 1))).mean()),
+                 heldout_n=len(captions))
+    write_json(Path(out_dir) / "stats.json", stats)
     return stats
