@@ -136,6 +136,9 @@ def load_run(configfile, run: str, workdir=".") -> Backbone:
     if m.router:
         paths["router"] = w / layout.run_path(run, m.router)
     bb = backbone_spec(config, spec["backbone"])
+    if bb["family"] != "mini":  # a paper model's pipeline brings its own denoiser, VAE and text encoders
+        for k in ("model", "vae", "text_encoder"):
+            paths.pop(k)
     needed = paths["experts"] + ([paths["router"]] if m.router else []) + \
         ([paths["model"], paths["vae"]] if bb["family"] == "mini" else [])
     for d in needed:
