@@ -5,7 +5,7 @@ from tsmflow.workflow import setup
 
 setup(snakemake)
 p = snakemake.params
-jobs = part_jobs([f for f in snakemake.input], p.metadata)
+jobs = part_jobs(list(snakemake.input), p.metadata)
 line = provenance(git_commit(p.repo), p.config_hash, machine(), jobs, p.command)
 with atomic_dir(snakemake.output[0]) as tmp:
     names = publish(dict(snakemake.input.items()), tmp, line)

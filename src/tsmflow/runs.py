@@ -129,18 +129,15 @@ def load_run(configfile, run: str, workdir=".") -> Backbone:
     if spec["method"] != "base" and not m.experts:
         raise ConfigError(f"run {run!r}: load_run loads base, lora, tsm1 and tsm2 runs, not {spec['method']}")
     w = Path(workdir)
-    paths = {"model": w / layout.base_dir(spec["backbone"]), "vae": w / layout.model_dir("vae"),
-             "text_encoder": w / layout.model_dir("text_encoder"),
-             "experts": [w / layout.expert_dir(s, i) for s in run_expert_sets(spec)
+    bb = backbone_spec(config, spec["backbone"])
+    paths = {"experts": [w / layout.expert_dir(s, i) for s in run_expert_sets(spec)
                          for i in range(ExpertSet.parse(s).n)]}
     if m.router:
         paths["router"] = w / layout.run_path(run, m.router)
-    bb = backbone_spec(config, spec["backbone"])
-    if bb["family"] != "mini":  # a paper model's pipeline brings its own denoiser, VAE and text encoders
-        for k in ("model", "vae", "text_encoder"):
-            paths.pop(k)
-    needed = paths["experts"] + ([paths["router"]] if m.router else []) + \
-        ([paths["model"], paths["vae"]] if bb["family"] == "mini" else [])
+    if bb["family"] == "mini":  # a paper model's pipeline brings its own denoiser, VAE and text encoders
+        paths.update(model=w / layout.base_dir(spec["backbone"]), vae=w / layout.model_dir("vae"),
+                     text_encoder=w / layout.model_dir("text_encoder"))
+    needed = paths["experts"] + [paths[k] for k in ("router", "model", "vae") if k in paths]
     for d in needed:
         if not d.is_dir():
             raise DataError(f"{d}: not trained yet (run the workflow for {layout.run_path(run, 'metrics.json')})")

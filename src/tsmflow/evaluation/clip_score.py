@@ -28,18 +28,30 @@ class ClipScorer:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def scores(self, images: list[np.ndarray], captions: list[str], batch_size: int = 64) -> np.ndarray:
-        """Per image: the cosine of its image embedding and its caption's text embedding."""
+    def embed(self, images: list[np.ndarray], captions: list[str], batch_size: int = 64) -> tuple:
+        """Unit-norm image and text embeddings (N, D) each, of images[i] and captions[i]."""
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} captions")
-        out = []
+        img, txt = [], []
         for i in range(0, len(images), batch_size):
             tok = {k: v.to(self.device) for k, v in self.tokenize(captions[i: i + batch_size]).items()}
             px = self.pixels(images[i: i + batch_size]).to(self.device, self.model.dtype)
             emb = self.model(pixel_values=px, **tok)  # its image_embeds and text_embeds (projected)
-            img, txt = (F.normalize(e.float(), dim=-1) for e in (emb.image_embeds, emb.text_embeds))
-            out.append((img * txt).sum(-1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+            img.append(F.normalize(emb.image_embeds.float(), dim=-1).cpu())
+            txt.append(F.normalize(emb.text_embeds.float(), dim=-1).cpu())
+        return torch.cat(img), torch.cat(txt)
+
+    def scores(self, images: list[np.ndarray], captions: list[str], batch_size: int = 64) -> np.ndarray:
+        """Per image: the cosine of its image embedding and its caption's text embedding."""
+        img, txt = self.embed(images, captions, batch_size)
+        return (img * txt).sum(-1).numpy()
+
+
+def mini_scorer(model, tokenizer) -> ClipScorer:
+    """The workflow's own CLIP (rule train_clip_scorer): its word-level tokenizer, pixels in [-1, 1]."""
+    from ..training.loop import to_pixels
+    return ClipScorer(model, lambda c: tokenizer(c, padding="max_length", truncation=True, return_tensors="pt"),
+                      lambda imgs: to_pixels(np.stack(imgs)))
 
 
 def load_clip_scorer(params: dict, model_dir=None) -> ClipScorer:
@@ -54,14 +66,10 @@ def load_clip_scorer(params: dict, model_dir=None) -> ClipScorer:
         return ClipScorer(model, lambda c: processor.tokenizer(c, padding=True, truncation=True, return_tensors="pt"),
                           lambda imgs: processor(images=list(imgs), return_tensors="pt")["pixel_values"])
     from transformers import PreTrainedTokenizerFast
-
-    from ..training.loop import to_pixels
     if model_dir is None or not Path(model_dir).is_dir():
         raise FileNotFoundError(f"{model_dir}: CLIP scorer not found (has rule train_clip_scorer run?)")
-    model = CLIPModel.from_pretrained(model_dir, use_safetensors=True)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
-    return ClipScorer(model, lambda c: tokenizer(c, padding="max_length", truncation=True, return_tensors="pt"),
-                      lambda imgs: to_pixels(np.stack(imgs)))
+    return mini_scorer(CLIPModel.from_pretrained(model_dir, use_safetensors=True),
+                       PreTrainedTokenizerFast.from_pretrained(model_dir))
 
 
 def folder_clip_score(scorer: ClipScorer, folder, batch_size: int = 64) -> dict:
@@ -71,7 +79,7 @@ def folder_clip_score(scorer: ClipScorer, folder, batch_size: int = 64) -> dict:
     if len(labels) < 2:
         raise DataError(f"{folder}: a CLIP score needs at least 2 images, found {len(labels)}")
     s = np.concatenate([scorer.scores([load_image(Path(folder) / r["file"]) for r in chunk],
-                                      [r["caption"] for r in chunk], batch_size)
+                                      [r["caption"] for r in chunk], len(chunk))
                         for chunk in (labels[i: i + batch_size] for i in range(0, len(labels), batch_size))])
     return {"clip_score": float(s.mean()), "clip_score_se": float(s.std(ddof=1) / np.sqrt(len(s))),
             "clip_n": int(len(s))}

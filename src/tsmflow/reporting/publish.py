@@ -1,6 +1,7 @@
 """The published results folder (docs/results/): per part (a group of tables that runs on its own), the tables, its
 claims and the table plots, each naming where it came from: the commit, the config hash, the machine, the times of
-the jobs that built it and the command that builds the part; then one index and one claims page over the published parts.
+the jobs that built it and the command that builds the part; then one index and one claims page over the published
+parts.
 
 Tables are copied byte for byte below one provenance line, so a published table can be checked against the
 results/ it was made from; plots carry the same line as a PNG text chunk. Nothing here computes a number.

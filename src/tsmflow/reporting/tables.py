@@ -48,8 +48,8 @@ METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spati
                 "spatial_bias_std": "Spatial bias (std over timesteps)",
                 **{f"{k}_{s}": f"{k.capitalize()} {s}" for k in ("correlation", "similarity")
                    for s in ("max", "min", "mean", "std")}}
-DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0, "clip_score": 4,
-          "denoiser_params_m": 4, "patched_params_m": 4, "param_increase_pct": 2, "n_latents": 0,
+DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0,
+          "clip_score": 4, "denoiser_params_m": 4, "patched_params_m": 4, "param_increase_pct": 2, "n_latents": 0,
           "temporal_bias_std": 6, "spatial_bias_std": 6,
           **{f"{k}_{s}": 4 for k in ("correlation", "similarity") for s in ("max", "min", "mean", "std")}}
 PAPER_NAME = {"tsm": "TSM", "deme": "DeMe", "dmp": "DMP", "wadi": "WaDi"}

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from accelerate.utils import set_seed
 from transformers import CLIPModel
 
 from ..data.grammar import vocabulary
-from ..evaluation.clip_score import load_clip_scorer
 from ..data.io import load_dataset, write_json
+from ..evaluation.clip_score import mini_scorer
 from ..models.text import ContrastiveObjective, build_tokenizer, clip_config, export_text_encoder
 from .loop import TrainConfig, infinite_batches, resumable_output, to_pixels, train
 
 
-def _train_clip(data_dir, cfg: dict, out_dir, desc: str, export) -> dict:
-    """Train a CLIP on `data_dir`'s scenes and captions; `export(clip)` is the model saved beside the tokenizer."""
+def _train_clip(data_dir, cfg: dict, out_dir, desc: str, export, check=None) -> dict:
+    """Train a CLIP on `data_dir`'s scenes and captions; `export(clip)` is the model saved beside the tokenizer;
+    `check(clip, tokenizer)`, if given, adds its dict to stats.json."""
     images, labels = load_dataset(data_dir)
     tokenizer = build_tokenizer(vocabulary(), cfg["max_length"])
     tcfg = TrainConfig.from_dict(cfg["train"])
@@ -34,6 +34,8 @@ def _train_clip(data_dir, cfg: dict, out_dir, desc: str, export) -> dict:
         model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
         stats["params"] = sum(p.numel() for p in model.parameters())
+        if check is not None:
+            stats.update(check(clip, tokenizer))
         write_json(Path(tmp) / "stats.json", stats)
     return stats
 
@@ -46,12 +48,9 @@ def train_clip_scorer(data_dir, cfg: dict, out_dir, heldout_dir) -> dict:
     """The CLIP scorer, checked on held-out renders: its mean score with each scene's own caption against a caption
     of another scene (stats.json `heldout_matched`, `heldout_shuffled`; a scorer that reads the prompt scores the
     first higher)."""
-    stats = _train_clip(data_dir, cfg, out_dir, "CLIP scorer", lambda clip: clip)
-    images, labels = load_dataset(heldout_dir)
-    captions = [r["caption"] for r in labels]
-    scorer = load_clip_scorer({}, out_dir)
-    stats.update(heldout_matched=float(scorer.scores(list(images), captions).mean()),
-                 heldout_shuffled=float(scorer.scores(list(images), list(np.roll(captions, 1))).mean()),
-                 heldout_n=len(captions))
-    write_json(Path(out_dir) / "stats.json", stats)
-    return stats
+    def check(clip, tokenizer) -> dict:
+        images, labels = load_dataset(heldout_dir)
+        img, txt = mini_scorer(clip, tokenizer).embed(list(images), [r["caption"] for r in labels])
+        return {"heldout_matched": float((img * txt).sum(-1).mean()),
+                "heldout_shuffled": float((img * txt.roll(1, dims=0)).sum(-1).mean()), "heldout_n": len(labels)}
+    return _train_clip(data_dir, cfg, out_dir, "CLIP scorer", lambda clip: clip, check)
