@@ -113,7 +113,8 @@ def test_placeholder_data_and_absent_offline_inception_weights_fail_before_any_j
 
 
 @pytest.mark.parametrize("change, needle", [
-    (lambda c: c["backbones"]["sd15"].pop("data"), "config key backbones.sd15.data: expert set 'sd15-post-"),
+    (lambda c: c["backbones"]["sd15"].pop("data"),
+     "config key backbones.sd15.data: deme_sets.sd15-post-n4-p30 trains on the backbone's post-pretraining data"),
     (with_run({"method": "lora", "backbone": "sd15", "experts": "sd15-gors-n1-r4-s10", "evaluate": ["fid"]}),
      "config key runs.x: expert set 'sd15-gors-n1-r4-s10': a paper model trains on its post-pretraining data"),
     (with_run({"method": "base", "backbone": "sd15"}),
