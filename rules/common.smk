@@ -687,6 +687,14 @@ def gpu_resources():
     return {"gpu": config["gpus_per_job"]}
 
 
+def _plotted(decls, key):
+    """The DeMe sets (key "deme") or finetunes ("finetune") that `rule all` plots: every one on the miniature (the
+    smoke config exercises stage variants through these plots alone), a paper model's only where a table reports
+    it (the default config declares them for every paper model; each is GPU-days)."""
+    reported = {RUNS[r].get(key) for t in TABLES for r in get_table_runs(t)}
+    return [n for n, d in decls.items() if d["backbone"] in MINI_BACKBONES or n in reported]
+
+
 def get_final_outputs():
     # the miniature's foundation (its summary, evaluator report, data coverage, curves), where it has backbones
     foundation = [f"{RESULTS}/foundation.md", f"{RESULTS}/evaluator/validation.md", f"{RESULTS}/data/coverage.md",
@@ -698,11 +706,11 @@ def get_final_outputs():
         *[f"{RESULTS}/plots/{t}_categories.png" for t in TABLES if set(CATEGORIES) & set(TABLES[t]["columns"])],
         *[f"{RESULTS}/plots/{t}_fid.png" for t in TABLES if "fid" in TABLES[t]["columns"]],
         *[get_run_path(r, "grid.png") for t in TABLES for r in get_table_runs(t) if "compbench" in run_evaluations(r)],
-        *[f"{RESULTS}/plots/deme_cosine_{d}.png" for d in DEME_SETS],
+        *[f"{RESULTS}/plots/deme_cosine_{d}.png" for d in _plotted(DEME_SETS, "deme")],
         *[f"{RESULTS}/plots/{t}_{p}.png" for t in TABLES for p in TABLES[t].get("plots", [])
           if p in ("deme_sensitivity", "fid_vs_steps", "weight_change")],
-        *[f"{RESULTS}/plots/dmp_activation_{f}.png" for f in FINETUNES if FINETUNES[f]["method"] == "dmp"
-          and FINETUNES[f].get("dmp", {}).get("gate", "soft") != "none"],
+        *[f"{RESULTS}/plots/dmp_activation_{f}.png" for f in _plotted(FINETUNES, "finetune")
+          if FINETUNES[f]["method"] == "dmp" and FINETUNES[f].get("dmp", {}).get("gate", "soft") != "none"],
         # gates while sampling CompBench-mini prompts: the miniature's 2-stage runs
         *[get_run_path(r, "gates.png") for t in TABLES for r in get_table_runs(t) if RUNS[r]["method"] == "tsm2"
           and RUNS[r]["backbone"] in MINI_BACKBONES],
