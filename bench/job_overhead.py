@@ -51,13 +51,18 @@ def job_counts(configfile: str) -> dict[str, int]:
                         "--configfile", configfile,
                         "--directory", str(ROOT)], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return parse_job_counts(r.stdout + r.stderr, configfile)
+
+
+def parse_job_counts(output: str, what: str) -> dict[str, int]:
+    """Jobs per rule from the job stats a dry run prints."""
     counts = {}
-    for line in (r.stdout + r.stderr).splitlines():
+    for line in output.splitlines():
         m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
         if m and m.group(1) != "total":
             counts[m.group(1)] = int(m.group(2))
     if not counts:
-        raise RuntimeError(f"no job stats in the dry run of {configfile}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+        raise RuntimeError(f"no job stats in the dry run of {what}:\n{output[-3000:]}")
     return counts
 
 

@@ -113,10 +113,13 @@ DEME_SETS = _built("deme_sets")  # DeMe: N range models of one backbone, merged 
 FINETUNES = _built("finetunes")  # further training: full fine-tuning, prompt tuning, DMP
 STUDENTS = _built("students")  # distilled few-step students (DMD2, WaDi)
 for _block, _decls in {"deme_sets": DEME_SETS, "finetunes": FINETUNES}.items():
-    for _name, _d in _decls.items():
-        if _d["backbone"] in REAL_BACKBONES:
-            raise ValueError(f"config key {_block}.{_name}: {_block} on a paper model ({_d['backbone']}) are not "
-                             "built yet; they run on the miniature's backbones")
+    for _name, _d in _decls.items():  # a paper model further trains on its own post-pretraining data
+        if _d["backbone"] in REAL_BACKBONES and (_d["task"] != "post" or _d.get("method") == "scratch"):
+            raise ValueError(f"config key {_block}.{_name}: on a paper model ({_d['backbone']}), {_block} further "
+                             "train the pre-trained denoiser on its post-pretraining data (task post, not scratch)")
+        if _d["backbone"] in REAL_BACKBONES and "data" not in config["backbones"][_d["backbone"]]:
+            raise ValueError(f"config key backbones.{_d['backbone']}.data: {_block}.{_name} trains on the "
+                             "backbone's post-pretraining data, which is not set")
 TASKS = ["gors", "post"]  # domain adaptation on GORS prompt images | post-pretraining on the pre-training data
 EXPERT_SET = r"[a-z0-9]+-[a-z0-9]+-n\d+-r\d+-s\d+(?:-seed\d+)?"
 
@@ -166,10 +169,10 @@ for _run, _spec in RUNS.items():
         raise ValueError(f"config key runs.{_run}: the class-conditional {_spec['backbone']} has base and finetune "
                          "runs only, evaluated with `evaluate: [fid]` (CompBench-mini prompts are not classes)")
 for _run, _spec in RUNS.items():
-    if _spec["backbone"] in REAL_BACKBONES and (_spec["method"] not in ("base", "lora", "tsm1", "tsm2", "distill")
+    if _spec["backbone"] in REAL_BACKBONES and (_spec["method"] == "moe_lora"
                                                 or "compbench" in _spec.get("evaluate", ["compbench"])):
-        raise ValueError(f"config key runs.{_run}: a paper model has base, lora, tsm1, tsm2 and distill runs, "
-                         "evaluated with `evaluate: [fid]` (FID on COCO2014); CompBench at real scale is not built yet")
+        raise ValueError(f"config key runs.{_run}: a paper model's runs (every method but moe_lora) are evaluated "
+                         "with `evaluate: [fid]` (FID on COCO2014); CompBench at real scale is not built yet")
 for _name, _d in STUDENTS.items():
     if _d["backbone"] not in BACKBONES:
         raise ValueError(f"config key students.{_name}.backbone: {_d['backbone']!r} is not in backbones")
@@ -416,7 +419,9 @@ def get_dmp_activation_inputs(wildcards):
     """A DMP job's model and patch, and the prompts its gate is averaged over (a class backbone: its classes)."""
     backbone = FINETUNES[wildcards.finetune]["backbone"]
     inputs = {**get_finetune_model_inputs(wildcards), "dmp": get_finetune_dir(wildcards.finetune)}
-    if backbone not in CLASS_BACKBONES:
+    if backbone in REAL_BACKBONES:  # the captions of its post-pretraining data
+        inputs["captions"] = get_image_text_data(backbone)["data"]
+    elif backbone not in CLASS_BACKBONES:
         inputs["prompts"] = [f for k, f in get_compbench_files().items() if k.endswith("_val")]
     return inputs
 
@@ -468,10 +473,15 @@ def get_deme_range_inputs(wildcards):
 
 
 def get_deme_search_inputs(wildcards):
-    d = DEME_SETS[wildcards.deme_set]
-    return {**_backbone_inputs(d["backbone"]), "ranges": get_deme_range_dirs(wildcards.deme_set),
-            "evaluator": get_model_dir("evaluator"), "validation": f"{RESULTS}/evaluator/validation.json",
-            "reference": get_split_dir("reference"), "reference_stats": get_fid_reference()}
+    """The range models, and what the FID objective reads: reference captions and statistics (a paper model's:
+    COCO2014 val, Inception features), and the validated evaluator where FID uses its features."""
+    b = DEME_SETS[wildcards.deme_set]["backbone"]
+    inputs = {**_backbone_inputs(b), "ranges": get_deme_range_dirs(wildcards.deme_set),
+              "reference_stats": get_fid_reference(b)}
+    if b in REAL_BACKBONES:
+        return {**inputs, "reference": get_coco_reference()}
+    return {**inputs, "reference": get_split_dir("reference"), "evaluator": get_model_dir("evaluator"),
+            "validation": f"{RESULTS}/evaluator/validation.json"}
 
 
 def get_run_model_inputs(wildcards):
@@ -524,6 +534,11 @@ def get_sampling_params():
             "precision": config["sampling"].get("precision", "fp32")}
 
 
+def get_backbone_sampling(backbone):
+    """A backbone's sampler: config `sampling`, with the backbone's own `sampling` keys over it."""
+    return {**get_sampling_params(), **config["backbones"][backbone].get("sampling", {})}
+
+
 def get_run_sampling(run):
     """A run's sampler: config `sampling`, its backbone's `sampling` keys over it, then the run's own; or a distilled
     student's (its timesteps, no guidance)."""
@@ -534,8 +549,7 @@ def get_run_sampling(run):
         return {**student_sampling(STUDENTS[spec["student"]]["timesteps"],
                                    config["backbones"][spec["backbone"]]["num_train_timesteps"]),
                 "precision": get_sampling_params()["precision"]}
-    backbone = config["backbones"][spec["backbone"]].get("sampling", {})
-    return {**get_sampling_params(), **backbone, **spec.get("sampling", {})}
+    return {**get_backbone_sampling(spec["backbone"]), **spec.get("sampling", {})}
 
 
 def runs_regex(runs):
@@ -673,6 +687,14 @@ def gpu_resources():
     return {"gpu": config["gpus_per_job"]}
 
 
+def _plotted(decls, key):
+    """The DeMe sets (key "deme") or finetunes ("finetune") that `rule all` plots: every one on the miniature (the
+    smoke config exercises stage variants through these plots alone), a paper model's only where a table reports
+    it (the default config declares them for every paper model; each is GPU-days)."""
+    reported = {RUNS[r].get(key) for t in TABLES for r in get_table_runs(t)}
+    return [n for n, d in decls.items() if d["backbone"] in MINI_BACKBONES or n in reported]
+
+
 def get_final_outputs():
     # the miniature's foundation (its summary, evaluator report, data coverage, curves), where it has backbones
     foundation = [f"{RESULTS}/foundation.md", f"{RESULTS}/evaluator/validation.md", f"{RESULTS}/data/coverage.md",
@@ -684,11 +706,11 @@ def get_final_outputs():
         *[f"{RESULTS}/plots/{t}_categories.png" for t in TABLES if set(CATEGORIES) & set(TABLES[t]["columns"])],
         *[f"{RESULTS}/plots/{t}_fid.png" for t in TABLES if "fid" in TABLES[t]["columns"]],
         *[get_run_path(r, "grid.png") for t in TABLES for r in get_table_runs(t) if "compbench" in run_evaluations(r)],
-        *[f"{RESULTS}/plots/deme_cosine_{d}.png" for d in DEME_SETS],
+        *[f"{RESULTS}/plots/deme_cosine_{d}.png" for d in _plotted(DEME_SETS, "deme")],
         *[f"{RESULTS}/plots/{t}_{p}.png" for t in TABLES for p in TABLES[t].get("plots", [])
           if p in ("deme_sensitivity", "fid_vs_steps", "weight_change")],
-        *[f"{RESULTS}/plots/dmp_activation_{f}.png" for f in FINETUNES if FINETUNES[f]["method"] == "dmp"
-          and FINETUNES[f].get("dmp", {}).get("gate", "soft") != "none"],
+        *[f"{RESULTS}/plots/dmp_activation_{f}.png" for f in _plotted(FINETUNES, "finetune")
+          if FINETUNES[f]["method"] == "dmp" and FINETUNES[f].get("dmp", {}).get("gate", "soft") != "none"],
         # gates while sampling CompBench-mini prompts: the miniature's 2-stage runs
         *[get_run_path(r, "gates.png") for t in TABLES for r in get_table_runs(t) if RUNS[r]["method"] == "tsm2"
           and RUNS[r]["backbone"] in MINI_BACKBONES],

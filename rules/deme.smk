@@ -11,6 +11,7 @@ rule deme_finetune_range:
         set=lambda wc: DEME_SETS[wc.deme_set],
         # without the search settings, so changing them reruns only the search
         deme={k: v for k, v in config["deme"].items() if k != "search"},
+        backbone=lambda wc: get_backbone_spec(DEME_SETS[wc.deme_set]["backbone"]),
     log:
         get_log("deme_finetune_range", "{deme_set}", "{range}"),
     benchmark:
@@ -31,12 +32,13 @@ rule deme_merge_search:
         model=directory(get_deme_merged_dir("{deme_set}")),
     params:
         search=config["deme"]["search"],
-        n_final=config["evaluation"]["fid"]["n_samples"],
-        guidance_scale=config["sampling"]["guidance_scale"],
-        precision=get_sampling_params()["precision"],
+        fid={k: v for k, v in get_fid_params().items()
+             if k in ("feature_space", "n_samples", "batch_size", "inception_weights")},
+        # guidance and precision of the backbone's sampler (the search sets its own steps)
+        sampling=lambda wc: {k: get_backbone_sampling(DEME_SETS[wc.deme_set]["backbone"])[k]
+                             for k in ("guidance_scale", "precision")},
         require_validated=config["evaluation"]["require_validated_evaluator"],
-        feature_space=config["evaluation"]["fid"]["feature_space"],
-        arch=lambda wc: config["deme_sets"][wc.deme_set]["backbone"],
+        backbone=lambda wc: get_backbone_spec(DEME_SETS[wc.deme_set]["backbone"]),
     log:
         get_log("deme_merge_search", "{deme_set}"),
     benchmark:

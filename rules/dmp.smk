@@ -13,6 +13,7 @@ rule train_full:
         finetune=lambda wc: FINETUNES[wc.finetune],
         # only this method's defaults: a change to the other method's settings does not rerun these jobs
         defaults=lambda wc: {k: config["finetune"][k] for k in ("caption_dropout", "full")},
+        backbone=lambda wc: get_backbone_spec(FINETUNES[wc.finetune]["backbone"]),
     log:
         get_log("train_full", "{finetune}"),
     benchmark:
@@ -32,6 +33,7 @@ use rule train_full as train_dmp with:
     params:
         finetune=lambda wc: FINETUNES[wc.finetune],
         defaults=lambda wc: {k: config["finetune"][k] for k in ("caption_dropout", "dmp")},
+        backbone=lambda wc: get_backbone_spec(FINETUNES[wc.finetune]["backbone"]),
     log:
         get_log("train_dmp", "{finetune}"),
     benchmark:
@@ -48,7 +50,8 @@ use rule train_full as train_scratch with:
     params:
         finetune=lambda wc: FINETUNES[wc.finetune],
         defaults=lambda wc: {k: config["finetune"][k] for k in ("caption_dropout", "scratch")},
-        backbone=lambda wc: config["backbones"][FINETUNES[wc.finetune]["backbone"]],  # its architecture
+        backbone=lambda wc: get_backbone_spec(FINETUNES[wc.finetune]["backbone"]),
+        arch=lambda wc: config["backbones"][FINETUNES[wc.finetune]["backbone"]],  # the fresh denoiser's
     log:
         get_log("train_scratch", "{finetune}"),
     benchmark:
@@ -69,7 +72,7 @@ rule plot_dmp_activation:
             labels={"finetune": "{finetune}", "plot": "prompt activation"},
         ),
     params:
-        arch=lambda wc: config["finetunes"][wc.finetune]["backbone"],
+        backbone=lambda wc: get_backbone_spec(FINETUNES[wc.finetune]["backbone"]),
     log:
         get_log("plot_dmp_activation", "{finetune}"),
     benchmark:

@@ -34,6 +34,13 @@ RUNS = ["base", "lora_r4", "lora_r32", "tsm1", "tsm2"]
 # runs are sampled and scored in tsm_table3, tsm_table6 and wadi_main (with its weight-change plot)
 DISTILL_JOBS = {"distill_student": 4, "evaluate_run_fid": 4, "make_table": 3, "plot_table_fid": 3,
                 "plot_weight_change": 1}
+# SD1.5 and PixArt-alpha: DMP Table 2's further training (full fine-tuning, prompt tuning, DMP; three runs) and its
+# Table 1 (parameters); SD1.5 also DeMe (four range models, the merge search, two runs: table deme_sd15)
+DMP_JOBS = {"train_full": 1, "train_dmp": 2, "evaluate_run_fid": 3, "plot_dmp_activation": 1, "make_table": 2,
+            "plot_table_fid": 1}
+DEME_JOBS = {"deme_finetune_range": 4, "deme_merge_search": 1, "evaluate_run_fid": 2, "plot_deme_cosine": 1,
+             "make_table": 1, "plot_table_fid": 1}
+EXTRA_JOBS = {"sd15": [DISTILL_JOBS, DMP_JOBS, DEME_JOBS], "pixart": [DMP_JOBS]}
 
 
 def with_run(run: dict):
@@ -78,7 +85,9 @@ def test_each_paper_model_config_plans_its_table_rows_through_the_stage_rules(sn
         assert f"results/runs/{run}_{name}/fid.json" in r.stdout
     assert "pretrain_base" not in r.stdout and "train_evaluator" not in r.stdout  # no miniature foundation
     r = dry_run(snakemake_bin, root, tmp_path / "work", tmp_path / "config.yaml")  # `rule all`: its tables
-    want = {k: JOBS.get(k, 0) + (DISTILL_JOBS.get(k, 0) if name == "sd15" else 0) for k in {**JOBS, **DISTILL_JOBS}}
+    extra = EXTRA_JOBS.get(name, [])
+    want = {k: JOBS.get(k, 0) + sum(e.get(k, 0) for e in extra) for k in {**JOBS, **DMP_JOBS, **DEME_JOBS,
+                                                                         **DISTILL_JOBS}}
     assert r.returncode == 0 and job_counts(r.stdout) == {k: v for k, v in want.items() if v}, \
         r.stdout[-2000:] + r.stderr[-3000:]
     assert not (tmp_path / "work/results").exists()
@@ -104,13 +113,17 @@ def test_placeholder_data_and_absent_offline_inception_weights_fail_before_any_j
 
 
 @pytest.mark.parametrize("change, needle", [
-    (lambda c: c["backbones"]["sd15"].pop("data"), "config key backbones.sd15.data: expert set 'sd15-post-"),
+    (lambda c: c["backbones"]["sd15"].pop("data"),
+     "config key backbones.sd15.data: deme_sets.sd15-post-n4-p30 trains on the backbone's post-pretraining data"),
     (with_run({"method": "lora", "backbone": "sd15", "experts": "sd15-gors-n1-r4-s10", "evaluate": ["fid"]}),
      "config key runs.x: expert set 'sd15-gors-n1-r4-s10': a paper model trains on its post-pretraining data"),
     (with_run({"method": "base", "backbone": "sd15"}),
-     "config key runs.x: a paper model has base, lora, tsm1, tsm2 and distill runs, evaluated with `evaluate: [fid]`"),
-    (lambda c: c.update(deme_sets={"d": {"backbone": "sd15", "task": "post", "n": 2, "p": 0.3, "steps": 5}}),
-     "config key deme_sets.d: deme_sets on a paper model (sd15) are not built yet"),
+     "config key runs.x: a paper model's runs (every method but moe_lora) are evaluated with `evaluate: [fid]`"),
+    (lambda c: c.update(deme_sets={"d": {"backbone": "sd15", "task": "gors", "n": 2, "p": 0.3, "steps": 5}}),
+     "config key deme_sets.d: on a paper model (sd15), deme_sets further train the pre-trained denoiser on its "
+     "post-pretraining data"),
+    (lambda c: c.update(finetunes={"f": {"backbone": "sd15", "task": "post", "method": "scratch", "steps": 5}}),
+     "config key finetunes.f: on a paper model (sd15), finetunes further train"),
     (with_run({"method": "base", "backbone": "sd9"}),
      "config key runs.x.backbone: backbone 'sd9' is not one of"),
     (lambda c: c["evaluation"]["fid"].update(feature_space="shapes"),
@@ -398,3 +411,77 @@ def test_tiny_sd15_in_half_precision_distils_lorad_lora_and_tsm_students_through
     assert wadi.loc["wadi_lorad_sd15", "Trainable params (M) [WaDi Table main]"] == "83.80"  # not the 860 total
     assert wadi.loc["wadi_lorad_sd15", "FID [WaDi Table main]"] == "10.79"
     assert (res / "plots/wadi_main_weight_change.png").stat().st_size > 0
+
+
+def further_training_config(root, tmp, dtype: str = "float16"):
+    """tiny_config with the default config's SD1.5 further training at tiny sizes: DMP Table 2's full fine-tuning,
+    prompt tuning and DMP, and DeMe's range models (2 of them) with its merge search, through their own runs and
+    tables (dmp_table1, dmp_table2, deme_sd15): the keys a cluster run of config/backbones/sd15.yaml reads."""
+    cfg = yaml.safe_load(tiny_config(root, tmp, "sd15", dtype).read_text())
+    default = load_config(root / "config/config.yaml")
+    tiny_train = {"batch_size": 2, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 0}
+    finetunes = {k: {**v, "steps": 2, "train": {**v["train"], **tiny_train}}
+                 for k, v in default["finetunes"].items() if v["backbone"] == "sd15"}
+    deme_set = default["deme_sets"]["sd15-post-n4-p30"]
+    deme_sets = {"sd15-post-n4-p30": {**deme_set, "n": 2, "steps": 2,
+                                      "train": {**deme_set["train"], **tiny_train, "lr": 1e-3}}}
+    cfg["deme"]["search"].update(n_samples=2, steps=2, step=0.5, min_step=0.5, max_evals=3)
+    runs = {k: v for k, v in default["runs"].items() if v["backbone"] == "sd15" and
+            (v["method"] in ("deme_ensemble", "deme_merged") or v.get("finetune") in finetunes)}
+    cfg["runs"] = {"base_sd15": cfg["runs"]["base_sd15"], **runs}
+    tables = {t: {**default["tables"][t], "rows": [r for r in default["tables"][t]["rows"]
+                                                   if r.get("run", "").endswith("_sd15")]}
+              for t in ("dmp_table1", "dmp_table2", "deme_sd15")}
+    cfg.update(finetunes=finetunes, deme_sets=deme_sets, tables=tables,
+               parts={"dmp": ["dmp_table1", "dmp_table2"], "post_pretraining": ["deme_sd15"]})
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return tmp / "config.yaml"
+
+
+@pytest.mark.slow  # not in the smoke group: it needs no smoke output, so the other worker takes it
+def test_tiny_sd15_in_half_precision_runs_dmp_and_deme_through_the_stage_rules(snakemake_bin, root, tmp_path):
+    """DMP Table 2's further training and DeMe on a tiny random SD1.5 in float16: the same stage rules as the
+    miniature (train_full, train_dmp, deme_finetune_range, deme_merge_search on Inception FID), to their tables."""
+    from diffusers import UNet2DConditionModel
+    build_pipeline("sd15", tmp_path / "tokenizer_src").save_pretrained(tmp_path / "pipeline")
+    write_fixture_data(tmp_path)
+    config = further_training_config(root, tmp_path)
+    work = tmp_path / "work"
+    res = work / "results"
+    r = run_smoke(snakemake_bin, root, work, "--cores", "1", configfile=config, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+    teacher = UNet2DConditionModel.from_pretrained(tmp_path / "pipeline/unet")
+    n_unet = sum(p.numel() for p in teacher.parameters())
+    # full fine-tuning and the range models keep fp32 weights over the half-precision pipeline, and they moved
+    for d in [res / "finetune/sd15-post-full", *[res / f"deme/sd15-post-n4-p30/range{i}" for i in range(2)]]:
+        saved = load_file(str(d / "diffusion_pytorch_model.safetensors"))
+        assert {v.dtype for v in saved.values()} == {torch.float32}, d
+        base = dict(teacher.state_dict())
+        assert max((v - base[k].float()).abs().max() for k, v in saved.items()) > 0, d
+    # DMP and prompt tuning: the patch trained, the denoiser did not (it is the pipeline's)
+    for name in ("sd15-post-dmp", "sd15-post-pt"):
+        stats = json.loads((res / f"finetune/{name}/stats.json").read_text())
+        assert stats["denoiser_params"] == n_unet and stats["added_params"] > 0
+        patch = load_file(str(res / f"finetune/{name}/dmp.safetensors"))
+        assert any(k.startswith("prompts") and v.abs().sum() > 0 for k, v in patch.items()), name
+    weights = json.loads((res / "deme/sd15-post-n4-p30/merged/weights.json").read_text())
+    assert len(weights["weights"]) == 2 and "inception" in weights["objective_name"] and weights["n_evals"] >= 1
+    runs = ["base_sd15", "full_sd15", "pt_sd15", "dmp_sd15", "deme_before_sd15", "deme_after_sd15"]
+    fids = {run: json.loads((res / f"runs/{run}/fid.json").read_text()) for run in runs}
+    assert all(f["feature_space"] == "inception" and f["n_samples"] == 4 and np.isfinite(f["fid"])
+               for f in fids.values())
+    samples = {run: np.asarray(Image.open(sorted((res / f"runs/{run}/fid_samples").glob("*.png"))[0]))
+               for run in runs}
+    assert all(not np.array_equal(samples["base_sd15"], samples[run]) for run in ("full_sd15", "dmp_sd15"))
+
+    t1 = pd.read_csv(res / "tables/dmp_table1.csv", dtype=str).set_index("runs")
+    assert t1.loc["dmp_sd15", "Denoiser params (M)"] == f"{n_unet / 1e6:.4f}"  # counted from the pipeline's UNet
+    assert float(t1.loc["dmp_sd15", "Increase (%)"]) > 0
+    assert (t1.loc["dmp_sd15", "#Parameters (M), without DMP [DMP Table 1]"],
+            t1.loc["dmp_sd15", "#Parameters (M), with DMP [DMP Table 1]"]) == ("890", "892")
+    t2 = pd.read_csv(res / "tables/dmp_table2.csv", dtype=str).set_index("runs")
+    assert list(t2.index) == runs[:4] and t2.loc["dmp_sd15", "FID [DMP Table 2]"] == "35.44"
+    deme = pd.read_csv(res / "tables/deme_sd15.csv", dtype=str).set_index("runs")
+    assert list(deme.index) == ["base_sd15", "deme_before_sd15", "deme_after_sd15"]
+    assert (res / "plots/dmp_activation_sd15-post-dmp.png").stat().st_size > 0

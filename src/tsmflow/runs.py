@@ -92,7 +92,8 @@ def load_run_backbone(spec: dict, inputs, backbone: dict | None = None) -> Backb
     dmp = getattr(inputs, "dmp", None)  # a finetune run of prompts; otherwise `model` holds its weights
     model = getattr(inputs, "model", None)
     # the finetune job wrote the denoiser (full; from scratch, its patch beside it), not the base model
-    if spec["method"] == "finetune" and (dmp is None or Path(model) == Path(dmp)):
+    # (a paper model's DMP run has no `model`: the pipeline brings the frozen denoiser)
+    if spec["method"] == "finetune" and (dmp is None or (model is not None and Path(model) == Path(dmp))):
         model = finetune_dir(spec, model)  # a distill run's `model` is the merged student itself
     bb = attach_run_adapters(load_backbone(backbone, inputs, model=model), spec, inputs)
     if backbone["family"] != "mini":

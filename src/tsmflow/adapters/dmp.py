@@ -222,6 +222,8 @@ class MixtureOfPrompts(nn.Module):
         if self.arch == "cdit":  # the condition is the class, as the model embeds it: one "token"
             h = class_embedding(module, kwargs["class_labels"]).unsqueeze(1)
         x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        if self.prompts[0].device != x.device:  # follow the denoiser (a paper model's run moves it to the GPU)
+            self.to(x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         self._weights = self.weights(t, h, kwargs.get("encoder_attention_mask"))
         self.last_gates = self._weights if self.gate is not None else []

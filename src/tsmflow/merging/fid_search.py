@@ -27,20 +27,22 @@ class FidObjective:
 
     def __init__(self, backbone: Backbone, base: dict, taus: list[dict], captions: list[str], seeds: list[int],
                  steps: int, guidance_scale: float, detector, ref_stats: dict, feature_space: str = "shapes",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", batch_size: int = 64, inception_weights=None):
         self.bb, self.base, self.taus = backbone, base, taus
         self.captions, self.seeds, self.steps, self.gs = captions, seeds, steps, guidance_scale
         self.detector, self.ref, self.space, self.precision = detector, ref_stats, feature_space, precision
+        self.batch_size, self.inception_weights = batch_size, inception_weights
 
     def __call__(self, w) -> float:
         self.bb.denoiser.load_state_dict(merge(self.base, self.taus, w))
         images = generate(self.bb, self.captions, self.seeds, steps=self.steps, guidance_scale=self.gs,
-                          progress=False, precision=self.precision)
+                          batch_size=self.batch_size, progress=False, precision=self.precision)
         # through a folder, so the features go through clean-fid's resize exactly as the reference's did
         with tempfile.TemporaryDirectory() as d:
             for k, img in enumerate(images):
                 save_png(Path(d) / f"{k:06d}.png", img)
-            mu, sigma, _ = folder_stats(self.detector, d, feature_space=self.space)
+            mu, sigma, _ = folder_stats(self.detector, d, feature_space=self.space,
+                                        inception_weights=self.inception_weights)
         return fid_from_stats(mu, sigma, self.ref["mu"], self.ref["sigma"])
 
 
@@ -55,17 +57,18 @@ def search_captions(reference_captions: list[str], n: int, n_final: int) -> list
 
 def merge_search(backbone: Backbone, range_dirs, search: dict, guidance_scale: float, reference_captions,
                  n_final: int, detector, ref_stats_path, out_dir, feature_space: str = "shapes",
-                 precision: str = "fp32") -> dict:
+                 precision: str = "fp32", batch_size: int = 64, inception_weights=None) -> dict:
     """Search the weights, then save the merged denoiser, the search log and the task vectors' cosines.
 
-    `n_final` is the final FID's sample count (evaluation.fid.n_samples), whose captions the search avoids."""
+    `n_final` is the final FID's sample count (evaluation.fid.n_samples), whose captions the search avoids.
+    `detector` gives the shapes/patch features (None for Inception's, from `inception_weights` or clean-fid)."""
     base = {k: v.clone() for k, v in backbone.denoiser.state_dict().items()}
     taus = task_vectors(base, load_range_states(range_dirs))
     n = len(taus)
     captions = search_captions(list(reference_captions), search["n_samples"], n_final)
     objective = FidObjective(backbone, base, taus, captions, [search["seed"] + k for k in range(len(captions))],
                              search["steps"], guidance_scale, detector, load_stats(ref_stats_path), feature_space,
-                             precision)
+                             precision, batch_size, inception_weights)
     with atomic_dir(out_dir) as tmp:
         t0 = time.perf_counter()
         result = pattern_search(objective, n, search["lo"], search["hi"], search["step"], search["min_step"],

@@ -46,6 +46,13 @@ def save_denoiser(backbone: Backbone, out_dir, denoiser: nn.Module | None = None
     backbone.noise_scheduler.save_pretrained(Path(out_dir) / "scheduler")
 
 
+def full_weights(backbone: Backbone) -> list[nn.Parameter]:
+    """Every denoiser weight, made trainable in fp32: AdamW updates on half-precision weights (a paper model's
+    pipeline loads in fp16) would round away, and DeMe's task vectors are differences of these weights."""
+    backbone.denoiser.float().requires_grad_(True)
+    return list(backbone.denoiser.parameters())
+
+
 def _run(objective, params, tensors, extra, tcfg: TrainConfig, out_dir, desc: str, save, snapshots=(),
          info: dict | None = None) -> dict:
     """Train, saving `save(dir)` at every snapshot step and at the end, into an atomic output dir.
@@ -79,10 +86,10 @@ def full_finetune(backbone: Backbone, cfg: dict, latents_path, labels_path, out_
     tcfg = TrainConfig.from_dict({**cfg["train"], "steps": cfg["steps"]})
     set_seed(tcfg.seed)
     freeze(backbone)
-    backbone.denoiser.requires_grad_(True)
+    params = full_weights(backbone)
     tensors, extra = load_task_data(latents_path, labels_path)
     objective = DiffusionObjective(backbone, caption_dropout=caption_dropout)
-    return _run(objective, backbone.denoiser.parameters(), tensors, extra, tcfg, out_dir, "full fine-tuning",
+    return _run(objective, params, tensors, extra, tcfg, out_dir, "full fine-tuning",
                 lambda d: save_denoiser(backbone, d), cfg.get("snapshots", ()),
                 {"method": "full", "model_params": model_params(backbone)})
 
@@ -186,9 +193,8 @@ def train_range_model(backbone: Backbone, cfg: dict, n: int, i: int, latents_pat
 
         def save(d):
             save_denoiser(backbone, d, merged_lora_denoiser(backbone, teacher, "deme"))
-    else:
-        backbone.denoiser.requires_grad_(True)
-        params = list(backbone.denoiser.parameters())
+    else:  # the teacher above keeps the pipeline's precision
+        params = full_weights(backbone)
 
         def save(d):
             save_denoiser(backbone, d)
