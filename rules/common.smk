@@ -688,9 +688,9 @@ def gpu_resources():
 
 
 def _plotted(decls, key):
-    """The DeMe sets (key "deme") or finetunes ("finetune") that `rule all` plots: every one on the miniature (the
-    smoke config exercises stage variants through these plots alone), a paper model's only where a table reports
-    it (the default config declares them for every paper model; each is GPU-days)."""
+    """The DeMe sets (key "deme") or finetunes ("finetune") whose plots are final outputs (so they are built):
+    every one on the miniature (the smoke config exercises stage variants through these plots alone), a paper
+    model's only where a table reports it (the default config declares them for every paper model; GPU-days each)."""
     reported = {RUNS[r].get(key) for t in TABLES for r in get_table_runs(t)}
     return [n for n, d in decls.items() if d["backbone"] in MINI_BACKBONES or n in reported]
 
