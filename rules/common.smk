@@ -398,7 +398,7 @@ def get_moe_inputs(wildcards):
 
 
 def get_finetune_dir(name):
-    return f"{RESULTS}/finetune/{name}"
+    return layout.finetune_dir(name)
 
 
 def get_finetune_inputs(wildcards):
@@ -454,7 +454,7 @@ def get_table_student_dirs(wildcards):
 
 
 def get_deme_range_dir(deme_set, i):
-    return f"{RESULTS}/deme/{deme_set}/range{i}"
+    return layout.deme_range_dir(deme_set, i)
 
 
 def get_deme_range_dirs(deme_set):
@@ -462,7 +462,7 @@ def get_deme_range_dirs(deme_set):
 
 
 def get_deme_merged_dir(deme_set):
-    return f"{RESULTS}/deme/{deme_set}/merged"
+    return layout.deme_merged_dir(deme_set)
 
 
 def get_deme_range_inputs(wildcards):

@@ -331,11 +331,11 @@ def assert_stock_pipeline_reproduces(pipeline, expert):
         assert (want - base.predict(x, t, base.encode(CAPTIONS[:2]))).abs().max() > 1e-4  # the expert acts
 
 
-def assert_load_run_reproduces_the_dag_s_samples(config, work, res):
+def assert_load_run_reproduces_the_dag_s_samples(config, work, res, runs=("tsm1_sd15", "tsm2_sd15")):
     """`runs.load_run`, the documented way to use a trained run from Python, gives the DAG's own samples."""
     from tsmflow.sampling.sample import generate
     sampling = load_config(config)["backbones"]["sd15"]["sampling"]
-    for run in ("tsm1_sd15", "tsm2_sd15"):
+    for run in runs:
         first = json.loads((res / f"runs/{run}/fid_samples/labels.jsonl").read_text().splitlines()[0])
         bb = runs_lib.load_run(config, run, workdir=work)
         image = generate(bb, [first["caption"]], [first["seed"]], steps=sampling["steps"],
@@ -468,6 +468,7 @@ def test_tiny_sd15_in_half_precision_runs_dmp_and_deme_through_the_stage_rules(s
     weights = json.loads((res / "deme/sd15-post-n4-p30/merged/weights.json").read_text())
     assert len(weights["weights"]) == 2 and "inception" in weights["objective_name"] and weights["n_evals"] >= 1
     runs = ["base_sd15", "full_sd15", "pt_sd15", "dmp_sd15", "deme_before_sd15", "deme_after_sd15"]
+    assert_load_run_reproduces_the_dag_s_samples(config, work, res, runs[1:])
     fids = {run: json.loads((res / f"runs/{run}/fid.json").read_text()) for run in runs}
     assert all(f["feature_space"] == "inception" and f["n_samples"] == 4 and np.isfinite(f["fid"])
                for f in fids.values())

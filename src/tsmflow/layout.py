@@ -19,3 +19,16 @@ def expert_dir(expert_set: str, interval) -> str:
 
 def run_path(run: str, name: str) -> str:
     return f"{RESULTS}/runs/{run}/{name}"
+
+
+def finetune_dir(name: str) -> str:
+    """A further-training job's output: the denoiser (full, scratch) and/or its DMP patch."""
+    return f"{RESULTS}/finetune/{name}"
+
+
+def deme_range_dir(deme_set: str, i) -> str:
+    return f"{RESULTS}/deme/{deme_set}/range{i}"
+
+
+def deme_merged_dir(deme_set: str) -> str:
+    return f"{RESULTS}/deme/{deme_set}/merged"

@@ -115,8 +115,12 @@ def run_fingerprint(backbone: dict, spec: dict, trained_dirs: list) -> str:
     return h.hexdigest()
 
 
+LOADABLE = ("base", "finetune", "deme_merged", "deme_ensemble")  # and every method with experts
+
+
 def load_run(configfile, run: str, workdir=".") -> Backbone:
-    """A TSM run the workflow trained (base, lora, tsm1 or tsm2), ready to sample, outside the DAG.
+    """A run the workflow trained, ready to sample, outside the DAG: base, lora, tsm1 or tsm2; a further-trained
+    model (full fine-tuning, prompt tuning, DMP); DeMe's merged model or its range-model ensemble.
 
     `configfile` is the config the DAG ran with (e.g. config/backbones/sd15.yaml), `workdir` where it ran. Then
     ``sampling.sample.generate(bb, prompts, seeds, steps=50, guidance_scale=7.5)`` gives uint8 images.
@@ -127,18 +131,29 @@ def load_run(configfile, run: str, workdir=".") -> Backbone:
         raise ConfigError(f"run {run!r} is not one of this config's runs {sorted(runs)}")
     spec = runs[run]
     m = method_of(spec)
-    if spec["method"] != "base" and not m.experts:
-        raise ConfigError(f"run {run!r}: load_run loads base, lora, tsm1 and tsm2 runs, not {spec['method']}")
+    if spec["method"] not in LOADABLE and not m.experts:
+        raise ConfigError(f"run {run!r}: load_run loads {', '.join(LOADABLE)} and expert runs, not {spec['method']}")
     w = Path(workdir)
     bb = backbone_spec(config, spec["backbone"])
     paths = {"experts": [w / layout.expert_dir(s, i) for s in run_expert_sets(spec)
-                         for i in range(ExpertSet.parse(s).n)]}
+                         for i in range(ExpertSet.parse(s).n)], "ranges": []}
     if m.router:
         paths["router"] = w / layout.run_path(run, m.router)
     if bb["family"] == "mini":  # a paper model's pipeline brings its own denoiser, VAE and text encoders
         paths.update(model=w / layout.base_dir(spec["backbone"]), vae=w / layout.model_dir("vae"),
                      text_encoder=w / layout.model_dir("text_encoder"))
-    needed = paths["experts"] + [paths[k] for k in ("router", "model", "vae") if k in paths]
+    if spec["method"] == "finetune":  # as the rules' get_run_model_inputs: the job wrote a denoiser, a patch or both
+        ft, d = config["finetunes"][spec["finetune"]], w / layout.finetune_dir(spec["finetune"])
+        if ft["method"] != "dmp":
+            paths["model"] = d
+        if ft["method"] == "dmp" or ft.get("with_dmp"):
+            paths["dmp"] = d
+    elif spec["method"] == "deme_merged":
+        paths["model"] = w / layout.deme_merged_dir(spec["deme"])
+    elif spec["method"] == "deme_ensemble":
+        paths["ranges"] = [w / layout.deme_range_dir(spec["deme"], i)
+                           for i in range(config["deme_sets"][spec["deme"]]["n"])]
+    needed = paths["experts"] + paths["ranges"] + [paths[k] for k in ("router", "model", "vae", "dmp") if k in paths]
     for d in needed:
         if not d.is_dir():
             raise DataError(f"{d}: not trained yet (run the workflow for {layout.run_path(run, 'metrics.json')})")
