@@ -62,7 +62,8 @@ def merge_search(backbone: Backbone, range_dirs, search: dict, guidance_scale: f
 
     `n_final` is the final FID's sample count (evaluation.fid.n_samples), whose captions the search avoids.
     `detector` gives the shapes/patch features (None for Inception's, from `inception_weights` or clean-fid)."""
-    base = {k: v.clone() for k, v in backbone.denoiser.state_dict().items()}
+    # on the CPU, beside the range models' weights: the task vectors (float64) of a paper model would crowd its GPU
+    base = {k: v.detach().cpu().clone() for k, v in backbone.denoiser.state_dict().items()}
     taus = task_vectors(base, load_range_states(range_dirs))
     n = len(taus)
     captions = search_captions(list(reference_captions), search["n_samples"], n_final)
