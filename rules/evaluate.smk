@@ -35,7 +35,7 @@ rule validate_evaluator:
         cfg={k: config["evaluator"][k] for k in ("data", "validation", "thresholds") if k in config["evaluator"]},
         resolution=config["resolution"],
         # no object-free image may reach the lowest GORS keep-threshold (a score in [0, 1])
-        junk_threshold=min(config["gors"]["threshold"].values()) / 100,
+        junk_threshold=min(min(v) if isinstance(v, list) else v for v in config["gors"]["threshold"].values()) / 100,
     output:
         report=report(
             f"{RESULTS}/evaluator/validation.md", caption="../report/validation.rst", category="Evaluator"

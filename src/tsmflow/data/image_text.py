@@ -6,6 +6,7 @@ COCO2014 val captions against the real val images (`coco_fid_set`, a reference f
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError
 from ..models.backbone import device, pretrained_kwargs
 from .adapters import (
+    BadSamples,
     TarShards,
     check_images_exist,
     coco_reference_folder,
@@ -24,22 +26,27 @@ from .adapters import (
     read_coco_captions,
     read_image_text_folder,
 )
-from .io import DataError, atomic_dir, atomic_path, write_labels
+from .io import DataError, atomic_dir, atomic_path, open_rgb, write_labels
+
+log = logging.getLogger(__name__)
+SKIPPED = "skipped.jsonl"  # beside labels.jsonl: every sample the encoding skipped, and why
 
 
-def image_text_pairs(data: dict):
-    """(key, RGB image, caption) of the post-pretraining data: an image-text folder or webdataset shards."""
+def image_text_pairs(data: dict, bad: BadSamples):
+    """(key, RGB image, caption) of the post-pretraining data: an image-text folder or webdataset shards.
+    Samples that cannot be used go to `bad` (config `data.bad_samples`)."""
     limit = data.get("max_images")
     if "image_text_folder" in data:
-        for r in read_image_text_folder(data["image_text_folder"])[:limit]:
+        for r in read_image_text_folder(data["image_text_folder"], bad, limit):
             try:
-                with Image.open(r["file"]) as im:
-                    image = im.convert("RGB")
-            except OSError as e:
-                raise DataError(f"{r['file']}: unreadable image ({e})") from e
+                image = open_rgb(r["file"])
+            except DataError as e:
+                bad.bad(r["file"], "unreadable image", str(e))
+                continue
+            bad.good()
             yield r["file"], image, r["caption"]
         return
-    for n, (key, image, caption) in enumerate(TarShards(data["shards"])):
+    for n, (key, image, caption) in enumerate(TarShards(data["shards"], bad)):
         if limit is not None and n >= limit:
             return
         yield key, image, caption
@@ -66,6 +73,7 @@ def encode_image_text(spec: dict, data: dict, latents_path, data_dir, batch_size
     cfg = vae.config
     shift = getattr(cfg, "shift_factor", None) or 0.0
     means, stds, labels, batch = [], [], [], []
+    bad = BadSamples.from_config(data.get("bad_samples"))
 
     def flush():
         x = _pixels([im for _, im, _ in batch], spec["resolution"]).to(vae.device, vae.dtype)
@@ -75,21 +83,27 @@ def encode_image_text(spec: dict, data: dict, latents_path, data_dir, batch_size
         labels.extend({"file": key, "caption": caption} for key, _, caption in batch)
         batch.clear()
 
-    for item in tqdm(image_text_pairs(data), desc="encoding", mininterval=10.0):
+    for item in tqdm(image_text_pairs(data, bad), desc="encoding", mininterval=10.0):
         batch.append(item)
         if len(batch) == batch_size:
             flush()
     if batch:
         flush()
+    where = data.get("image_text_folder") or data.get("shards")
+    if bad.skipped:
+        log.warning("%s: skipped %d of %d samples: %s", where, len(bad.skipped), bad.seen, bad.counts())
+    bad.check(str(where))
     if not labels:
-        raise DataError(f"no training images in {data}")
+        raise DataError(f"{where}: no training images")
     with atomic_path(latents_path) as tmp:
         save_file({"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}, str(tmp),
                   metadata={"n": str(len(labels)), "scaling_factor": str(cfg.scaling_factor),
                             "shift_factor": str(shift)})
     with atomic_dir(data_dir) as tmp:
         write_labels(Path(tmp) / "labels.jsonl", labels)
-    return {"n": len(labels), "latent_shape": list(means[0].shape[1:])}
+        write_labels(Path(tmp) / SKIPPED, bad.skipped)
+    return {"n": len(labels), "latent_shape": list(means[0].shape[1:]), "seen": bad.seen,
+            "skipped": bad.counts()}
 
 
 def coco_fid_set(coco: dict, n_samples: int, out_dir) -> dict:

@@ -8,7 +8,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data.io import DataError, load_image, read_json
-from ..data.adapters import parse_compbench_name as parse_image_name  # T2I-CompBench naming
+from ..data.adapters import read_compbench_images  # T2I-CompBench's naming and layout
 from .compbench import score_images
 
 
@@ -28,19 +28,18 @@ def check_validated(status_path, required: bool) -> bool:
 
 
 def score_folder(evaluator, folder, resolution: int) -> pd.DataFrame:
-    """One row per image: category, prompt, idx, file, score (percent)."""
+    """One row per image: category, prompt, idx (T2I-CompBench's question_id), file (relative to `folder`), score
+    (percent). `folder` holds one folder per category, in either layout `read_compbench_images` reads."""
     rows = []
-    cats = sorted(p for p in Path(folder).iterdir() if p.is_dir())
+    folder = Path(folder)
+    cats = sorted(p for p in folder.iterdir() if p.is_dir())
     if not cats:
         raise DataError(f"{folder}: no category folders to score")
     for cat in tqdm(cats, desc="scoring", mininterval=2.0):
-        files = sorted(cat.glob("*.png"))
-        if not files:
-            raise DataError(f"{cat}: no images")
-        names = [parse_image_name(f.name) for f in files]
-        images = np.stack([load_image(f, resolution) for f in files])
-        scores = score_images(evaluator, images, [p for p, _ in names], cat.name)
-        rows += [{"category": cat.name, "prompt": p, "idx": i, "file": f"{cat.name}/{f.name}", "score": 100.0 * s}
-                 for (p, i), f, s in zip(names, files, scores)]
+        records = read_compbench_images(cat)
+        images = np.stack([load_image(r["file"], resolution) for r in records])
+        scores = score_images(evaluator, images, [r["prompt"] for r in records], cat.name)
+        rows += [{"category": cat.name, "prompt": r["prompt"], "idx": r["idx"],
+                  "file": Path(r["file"]).relative_to(folder).as_posix(), "score": 100.0 * s}
+                 for r, s in zip(records, scores)]
     return pd.DataFrame(rows)
-
