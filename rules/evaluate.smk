@@ -95,7 +95,8 @@ rule evaluate_run:
         fid=get_fid_params(),
         clip=get_clip_params(),
         fid_latents=lambda wc: wc.run in get_latent_structure_runs(),  # DMP Table 5 reads them
-        resolution=config["resolution"],
+        resolution=lambda wc: get_resolution(RUNS[wc.run]["backbone"]),
+        scorer=lambda wc: get_scorer(RUNS[wc.run]["backbone"]),
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
         get_log("evaluate_run", "{run}"),
@@ -126,6 +127,7 @@ use rule evaluate_run as evaluate_run_fid with:
         seed=config["evaluation"]["seed"],
         fid=get_fid_params(),
         resolution=None,
+        scorer=None,
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
         get_log("evaluate_run_fid", "{run}"),

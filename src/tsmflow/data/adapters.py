@@ -419,6 +419,15 @@ def check_image_text_paths(train: dict, where: str) -> None:
             raise DataError(f"config key {where}.shards: {e}") from e
 
 
+def check_t2i_compbench_paths(t2i: dict, where: str = "t2i_compbench") -> None:
+    """T2I-CompBench's prompt folder (config `t2i_compbench.prompts`) has every category's train and val file,
+    checked as the DAG is built."""
+    try:
+        read_compbench_prompts(t2i["prompts"])
+    except DataError as e:
+        raise DataError(f"config key {where}.prompts: {e}") from e
+
+
 def check_coco_paths(coco: dict, where: str = "coco") -> None:
     """COCO2014 val's captions file and image folder (config `coco`) exist, checked as the DAG is built."""
     if not Path(coco["annotations"]).is_file():

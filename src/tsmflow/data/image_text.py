@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -26,7 +27,7 @@ from .adapters import (
     read_coco_captions,
     read_image_text_folder,
 )
-from .io import DataError, atomic_dir, atomic_path, open_rgb, write_labels
+from .io import DataError, atomic_dir, atomic_path, open_rgb, read_labels, write_labels
 
 log = logging.getLogger(__name__)
 SKIPPED = "skipped.jsonl"  # beside labels.jsonl: every sample the encoding skipped, and why
@@ -60,12 +61,9 @@ def _pixels(images: list[Image.Image], resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_image_text(spec: dict, data: dict, latents_path, data_dir, batch_size: int = 32) -> dict:
-    """Cache the scaled VAE posterior (mean, std) of every training image, and its caption, once.
-
-    Prompts are not cached: the text encoders' LoRA trains, so their embeddings change every step. The cache has
-    the VAE's dtype (fp16 on a cluster); `data_dir/labels.jsonl` has the captions, as a miniature split's.
-    """
+def _encode(spec: dict, items, latents_path, batch_size: int) -> list[dict]:
+    """Cache the scaled VAE posterior (mean, std) of each (key, RGB image, caption) of `items`, in order, at the
+    spec's resolution; returns the {file, caption} records of what was encoded."""
     from diffusers import AutoencoderKL
     # the VAE alone: the text encoders and denoiser (SD3's T5: ~10 GB) are not needed to encode images
     vae = AutoencoderKL.from_pretrained(spec["pretrained"], subfolder="vae", **pretrained_kwargs(spec))
@@ -73,7 +71,6 @@ def encode_image_text(spec: dict, data: dict, latents_path, data_dir, batch_size
     cfg = vae.config
     shift = getattr(cfg, "shift_factor", None) or 0.0
     means, stds, labels, batch = [], [], [], []
-    bad = BadSamples.from_config(data.get("bad_samples"))
 
     def flush():
         x = _pixels([im for _, im, _ in batch], spec["resolution"]).to(vae.device, vae.dtype)
@@ -83,27 +80,49 @@ def encode_image_text(spec: dict, data: dict, latents_path, data_dir, batch_size
         labels.extend({"file": key, "caption": caption} for key, _, caption in batch)
         batch.clear()
 
-    for item in tqdm(image_text_pairs(data, bad), desc="encoding", mininterval=10.0):
+    for item in tqdm(items, desc="encoding", mininterval=10.0):
         batch.append(item)
         if len(batch) == batch_size:
             flush()
     if batch:
         flush()
+    if labels:
+        with atomic_path(latents_path) as tmp:
+            save_file({"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}, str(tmp),
+                      metadata={"n": str(len(labels)), "scaling_factor": str(cfg.scaling_factor),
+                                "shift_factor": str(shift)})
+    return labels
+
+
+def encode_image_text(spec: dict, data: dict, latents_path, data_dir, batch_size: int = 32) -> dict:
+    """Cache the scaled VAE posterior (mean, std) of every training image, and its caption, once.
+
+    Prompts are not cached: the text encoders' LoRA trains, so their embeddings change every step. The cache has
+    the VAE's dtype (fp16 on a cluster); `data_dir/labels.jsonl` has the captions, as a miniature split's.
+    """
+    bad = BadSamples.from_config(data.get("bad_samples"))
+    labels = _encode(spec, image_text_pairs(data, bad), latents_path, batch_size)
     where = data.get("image_text_folder") or data.get("shards")
     if bad.skipped:
         log.warning("%s: skipped %d of %d samples: %s", where, len(bad.skipped), bad.seen, bad.counts())
     bad.check(str(where))
     if not labels:
         raise DataError(f"{where}: no training images")
-    with atomic_path(latents_path) as tmp:
-        save_file({"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}, str(tmp),
-                  metadata={"n": str(len(labels)), "scaling_factor": str(cfg.scaling_factor),
-                            "shift_factor": str(shift)})
     with atomic_dir(data_dir) as tmp:
         write_labels(Path(tmp) / "labels.jsonl", labels)
         write_labels(Path(tmp) / SKIPPED, bad.skipped)
-    return {"n": len(labels), "latent_shape": list(means[0].shape[1:]), "seen": bad.seen,
-            "skipped": bad.counts()}
+    with safe_open(str(latents_path), "pt") as f:  # its shape, without reading a cache of many GB
+        latent_shape = f.get_slice("mean").get_shape()[1:]
+    return {"n": len(labels), "latent_shape": latent_shape, "seen": bad.seen, "skipped": bad.counts()}
+
+
+def encode_labelled_images(spec: dict, data_dir, latents_path, batch_size: int = 32) -> dict:
+    """A labelled image folder's latents (a paper model's GORS images), in the order of its labels.jsonl."""
+    data_dir = Path(data_dir)
+    labels = read_labels(data_dir / "labels.jsonl")
+    items = ((r["file"], open_rgb(data_dir / r["file"]), r["caption"]) for r in labels)
+    encoded = _encode(spec, items, latents_path, batch_size)
+    return {"n": len(encoded)}
 
 
 def coco_fid_set(coco: dict, n_samples: int, out_dir) -> dict:

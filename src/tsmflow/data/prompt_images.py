@@ -55,15 +55,16 @@ def first_lines(prompt_files: dict[str, str]) -> dict[str, dict[str, int]]:
     return out
 
 
-def generate_prompt_images(backbone, evaluator, prompt_files: dict[str, str], cfg: dict, sampling: dict,
+def generate_prompt_images(backbone, scorer, prompt_files: dict[str, str], cfg: dict, sampling: dict,
                            resolution: int, out_dir) -> dict:
-    """prompt_files: category -> its *_train.txt. cfg: the config's `gors` block."""
+    """prompt_files: category -> its *_train.txt. scorer: `score_images(images, prompts, category)` (the
+    miniature's evaluator, or T2I-CompBench's scorers). cfg: the config's `gors` block."""
     with atomic_dir(out_dir) as tmp:
         tmp = Path(tmp)
         compbench_folder(backbone, prompt_files, tmp / "images", cfg["images_per_prompt"], cfg["seed"],
                          sampling["steps"], sampling["guidance_scale"], solver=sampling["solver"],
                          precision=sampling.get("precision", "fp32"))
-        scores = score_folder(evaluator, tmp / "images", resolution)
+        scores = score_folder(scorer, tmp / "images", resolution)
         scores.to_csv(tmp / "scores.csv", index=False)
         keep = select(scores, cfg, first_lines(prompt_files))
         if keep.empty:

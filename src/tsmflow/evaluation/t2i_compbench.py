@@ -1,4 +1,4 @@
-"""T2I-CompBench's scorers at real scale, from transformers models named in config (`evaluation.t2i_compbench`).
+"""T2I-CompBench's scorers at real scale, from transformers models named in config (`t2i_compbench.scorers`).
 
 Each category is scored as T2I-CompBench's evaluation scripts score it, with these models:
 - color, shape, texture: BLIP-VQA (`BlipForQuestionAnswering`; theirs: BLIP's vqa_capfilt_large). One question
@@ -93,7 +93,7 @@ class SpacyParser:
         try:
             import spacy
         except ImportError as e:
-            raise ImportError("evaluation.t2i_compbench.parser: spacy needs `pip install spacy` and its model "
+            raise ImportError("t2i_compbench.scorers.parser: spacy needs `pip install spacy` and its model "
                               f"({model}); or use parser: rule") from e
         self.nlp = spacy.load(model)
 
@@ -113,7 +113,7 @@ def make_parser(name: str):
         return RuleParser()
     if name.startswith("spacy:"):
         return SpacyParser(name.split(":", 1)[1])
-    raise ValueError(f"evaluation.t2i_compbench.parser must be 'rule' or 'spacy:<model>', not {name!r}")
+    raise ValueError(f"t2i_compbench.scorers.parser must be 'rule' or 'spacy:<model>', not {name!r}")
 
 
 # ---------------------------------------------------------------- the scoring arithmetic
@@ -236,9 +236,11 @@ class ComplexKinds:
     action: frozenset[str] = frozenset()
 
     @classmethod
-    def from_files(cls, spatial=None, action=None) -> ComplexKinds:
-        def norm(path):
-            return frozenset(p.split(".")[0].lower() for p in read_prompts(path)) if path else frozenset()
+    def from_files(cls, spatial=(), action=()) -> ComplexKinds:
+        """From lists of prompt files (e.g. complex_train_spatial.txt and complex_val_spatial.txt)."""
+        def norm(paths):
+            paths = [paths] if isinstance(paths, (str, Path)) else paths
+            return frozenset(p.split(".")[0].lower() for path in paths for p in read_prompts(path))
         return cls(norm(spatial), norm(action))
 
     def kind(self, prompt: str) -> str:
@@ -253,7 +255,7 @@ class ComplexKinds:
 
 
 class T2ICompBenchScorer:
-    """Scores in [0, 1] for the six categories (`cfg`: config evaluation.t2i_compbench, see the schema)."""
+    """Scores in [0, 1] for the six categories (`cfg`: config t2i_compbench.scorers, see the schema)."""
 
     def __init__(self, cfg: dict, device="cpu", blip=None, clip=None, detector=None, parser=None):
         from .clip_score import load_clip_scorer
@@ -261,9 +263,12 @@ class T2ICompBenchScorer:
         self.np_num = cfg.get("np_num", 8)
         self.parser = parser or make_parser(cfg.get("parser", "rule"))
         self.blip = blip or BlipVqa(cfg["blip_vqa"], local, device)
-        self.clip = clip or load_clip_scorer({"pretrained": cfg["clip"], "local_files_only": local})
+        if clip is None:
+            clip = load_clip_scorer({"pretrained": cfg["clip"], "local_files_only": local})
+            clip.model.to(device)
+        self.clip = clip
         self.detector = detector or Detector(cfg["detector"], local, device, cfg.get("detector_threshold", 0.1))
-        self.kinds = ComplexKinds.from_files(cfg.get("complex_spatial"), cfg.get("complex_action"))
+        self.kinds = ComplexKinds.from_files(cfg.get("complex_spatial", []), cfg.get("complex_action", []))
         self.batch_size = cfg.get("batch_size", 16)
 
     def attribute(self, images, prompts) -> np.ndarray:
@@ -310,8 +315,9 @@ class T2ICompBenchScorer:
 def load_scorer(cfg: dict, device="cpu") -> T2ICompBenchScorer:
     missing = [k for k in ("blip_vqa", "clip", "detector") if not cfg.get(k)]
     if missing:
-        raise DataError(f"config evaluation.t2i_compbench lacks {missing}")
+        raise DataError(f"config t2i_compbench.scorers lacks {missing}")
     for key in ("complex_spatial", "complex_action"):
-        if cfg.get(key) and not Path(cfg[key]).is_file():
-            raise DataError(f"config key evaluation.t2i_compbench.{key}: {cfg[key]} is not a file")
+        for f in cfg.get(key, []):
+            if not Path(f).is_file():
+                raise DataError(f"{f}: T2I-CompBench's {key} prompt list not found")
     return T2ICompBenchScorer(cfg, device)
