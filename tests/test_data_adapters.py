@@ -396,3 +396,31 @@ def test_tar_shards_missing_caption_and_broken_shard(tmp_path):
     truncated.write_bytes(full.read_bytes()[:700])  # cut inside the first image
     with pytest.raises(DataError, match="shard-000006.tar: unreadable tar shard"):
         list(TarShards(truncated))
+
+
+def test_image_text_pairs_skip_bad_samples_by_config_and_count_them(tmp_path):
+    from tsmflow.data.image_text import image_text_pairs
+    root = tmp_path / "laion"
+    root.mkdir()
+    for k, (data, caption) in enumerate([(image_bytes("JPEG"), "a dog"), (image_bytes("JPEG")[:40], "a cut jpeg"),
+                                         (image_bytes("PNG"), ""), (image_bytes("PNG"), "a cat")]):
+        (root / f"{k:09d}.jpg").write_bytes(data)
+        (root / f"{k:09d}.txt").write_text(caption)
+    data = {"image_text_folder": str(root)}
+    with pytest.raises(DataError, match=r"000000002.txt: caption file is empty"):  # captions are read first
+        list(image_text_pairs(data, BadSamples.from_config(None)))  # no bad_samples key: the first one fails
+    (root / "000000002.txt").write_text("a bird")
+    with pytest.raises(DataError, match=r"000000001.jpg: unreadable image"):
+        list(image_text_pairs(data, BadSamples.from_config(None)))
+    (root / "000000002.txt").write_text("")
+    bad = BadSamples.from_config({"skip": True, "max_fraction": 0.5})
+    got = list(image_text_pairs(data, bad))
+    assert [c for _, _, c in got] == ["a dog", "a cat"] and all(im.mode == "RGB" for _, im, _ in got)
+    assert bad.seen == 4 and bad.counts() == {"unreadable image": 1, "empty caption": 1}
+    bad.check("laion")  # 2 of 4 is not more than half
+    strict = BadSamples.from_config({"skip": True, "max_fraction": 0.25})
+    list(image_text_pairs(data, strict))
+    with pytest.raises(DataError, match=r"laion: 2 of 4 samples were skipped"):
+        strict.check("laion")
+    limited = BadSamples(True, 1.0)
+    assert len(list(image_text_pairs({**data, "max_images": 1}, limited))) == 1 and limited.seen == 1
