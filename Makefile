@@ -42,8 +42,11 @@ smoke: $(STAMP)
 	$(BIN)/snakemake --configfile config/smoke.yaml --directory results/smoke
 
 # The default DAG, and a paper model's: its data paths are checked as it parses, so it is linted with them
-# pointed at paths that exist here.
+# pointed at paths that exist here (T2I-CompBench's prompt files: a throwaway folder in its format).
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
+	prompts=$$(mktemp -d) && for c in color shape texture spatial non_spatial complex; do \
+		for s in train val; do echo "a red book and a blue mug" > $$prompts/$${c}_$$s.txt; done; done && \
 	$(BIN)/snakemake --lint --configfile config/backbones/sd15.yaml \
-		--config 'coco={annotations: README.md, images: .}' 'backbones={sd15: {data: {image_text_folder: .}}}'
+		--config 'coco={annotations: README.md, images: .}' 'backbones={sd15: {data: {image_text_folder: .}}}' \
+		"t2i_compbench={prompts: $$prompts}"; status=$$?; rm -rf $$prompts; exit $$status

@@ -43,6 +43,13 @@ def placeholders_filled(configfile: Path, name: str, out: Path) -> Path:
     data = {k: v for k, v in cfg["backbones"][name]["data"].items() if k not in ("shards", "image_text_folder")}
     cfg["backbones"][name]["data"] = {**data, "image_text_folder": str(ROOT)}
     cfg["coco"].update(annotations=str(ROOT / "README.md"), images=str(ROOT))
+    if "t2i_compbench" in cfg:  # a prompt folder in T2I-CompBench's format (the DAG reads its files as it is built)
+        prompts = out.parent / "t2i_compbench"
+        prompts.mkdir(exist_ok=True)
+        for cat in ("color", "shape", "texture", "spatial", "non_spatial", "complex"):
+            for split in ("train", "val"):
+                (prompts / f"{cat}_{split}.txt").write_text("a red book and a blue mug\n")
+        cfg["t2i_compbench"]["prompts"] = str(prompts)
     out.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     return out
 

@@ -31,7 +31,7 @@ validate(config, schema="../config/schema.yaml")
 if abs(sum(config["data"]["n_objects_p"]) - 1) > 1e-6:
     raise ValueError("config key data.n_objects_p must sum to 1, got " f"{config['data']['n_objects_p']}")
 
-from tsmflow.data.adapters import check_coco_paths, check_image_text_paths  # noqa: E402
+from tsmflow.data.adapters import check_coco_paths, check_image_text_paths, check_t2i_compbench_paths  # noqa: E402
 from tsmflow.data.classes import CLASS_ARCHS, WORLD as CLASS_WORLD  # noqa: E402
 from tsmflow.families import backbone_spec  # noqa: E402
 from tsmflow.expert_sets import ExpertSet, run_expert_sets  # noqa: E402
@@ -129,10 +129,10 @@ def check_expert_set(name, where):
     if es.backbone not in BACKBONES or es.task not in TASKS:
         raise ValueError(f"config key {where}: expert set {name!r} needs a backbone in {BACKBONES} "
                          f"and a task in {TASKS}")
-    if es.backbone in REAL_BACKBONES and es.task != "post":
-        raise ValueError(f"config key {where}: expert set {name!r}: a paper model trains on its post-pretraining "
-                         "data (task post); GORS data at real scale is not built yet")
-    if es.backbone in REAL_BACKBONES and "data" not in config["backbones"][es.backbone]:
+    if es.backbone in REAL_BACKBONES and es.task == "gors" and "t2i_compbench" not in config:
+        raise ValueError(f"config key t2i_compbench: expert set {name!r} trains on GORS images of T2I-CompBench's "
+                         "training prompts, whose folder and scorers this key names")
+    if es.backbone in REAL_BACKBONES and es.task == "post" and "data" not in config["backbones"][es.backbone]:
         raise ValueError(f"config key backbones.{es.backbone}.data: expert set {name!r} trains on the backbone's "
                          "post-pretraining data, which is not set")
     return es
@@ -169,10 +169,12 @@ for _run, _spec in RUNS.items():
         raise ValueError(f"config key runs.{_run}: the class-conditional {_spec['backbone']} has base and finetune "
                          "runs only, evaluated with `evaluate: [fid]` (CompBench-mini prompts are not classes)")
 for _run, _spec in RUNS.items():
-    if _spec["backbone"] in REAL_BACKBONES and (_spec["method"] == "moe_lora"
-                                                or "compbench" in _spec.get("evaluate", ["compbench"])):
-        raise ValueError(f"config key runs.{_run}: a paper model's runs (every method but moe_lora) are evaluated "
-                         "with `evaluate: [fid]` (FID on COCO2014); CompBench at real scale is not built yet")
+    if _spec["backbone"] in REAL_BACKBONES and _spec["method"] == "moe_lora":
+        raise ValueError(f"config key runs.{_run}: moe_lora runs on the miniature only")
+    if _spec["backbone"] in REAL_BACKBONES and "compbench" in _spec.get("evaluate", ["compbench"]) \
+            and "t2i_compbench" not in config:
+        raise ValueError(f"config key t2i_compbench: run {_run!r} on a paper model is scored on T2I-CompBench, "
+                         "whose prompt folder and scorers this key names")
 for _name, _d in STUDENTS.items():
     if _d["backbone"] not in BACKBONES:
         raise ValueError(f"config key students.{_name}.backbone: {_d['backbone']!r} is not in backbones")
@@ -259,12 +261,18 @@ _clip = config["evaluation"].get("clip") or {}
 if _offline and _clip.get("pretrained") and not _clip.get("local_files_only"):
     raise ValueError(f"config key evaluation.clip.local_files_only: the offline backbones {_offline} need the CLIP "
                      f"scorer {_clip['pretrained']!r} from a local directory or the HF cache (local_files_only: true)")
+_scorers = (config.get("t2i_compbench") or {}).get("scorers", {})
+if _offline and _scorers and not _scorers.get("local_files_only"):
+    raise ValueError(f"config key t2i_compbench.scorers.local_files_only: the offline backbones {_offline} need "
+                     "T2I-CompBench's scorers from local directories or the HF cache (local_files_only: true)")
 # a paper model's data paths are checked as the DAG is built: placeholders fail a dry run, naming the key
 for _b in REAL_BACKBONES:
     if "data" in config["backbones"][_b]:
         check_image_text_paths(config["backbones"][_b]["data"], f"backbones.{_b}.data")
 if REAL_BACKBONES:
     check_coco_paths(config["coco"])
+if REAL_BACKBONES and "t2i_compbench" in config:
+    check_t2i_compbench_paths(config["t2i_compbench"])
 
 
 wildcard_constraints:
@@ -286,8 +294,46 @@ def get_split_dir(split):
     return f"{RESULTS}/data/{split}"
 
 
-def get_compbench_files():
+def get_compbench_files(backbone=None):
+    """The CompBench prompt files: the miniature's CompBench-mini, or for a paper model T2I-CompBench's own."""
+    if backbone in REAL_BACKBONES:
+        folder = config["t2i_compbench"]["prompts"]
+        return {f"{c}_{s}": f"{folder}/{c}_{s}.txt" for c in CATEGORIES for s in ("train", "val")}
     return {f"{c}_{s}": f"{RESULTS}/data/compbench/{c}_{s}.txt" for c in CATEGORIES for s in ("train", "val")}
+
+
+def get_compbench_prompts(backbone, split):
+    return [f for k, f in get_compbench_files(backbone).items() if k.endswith(f"_{split}")]
+
+
+def get_scorer(backbone):
+    """A rule's `scorer` param: how CompBench images of `backbone` are scored. The miniature: its evaluator (an
+    input of the job); a paper model: T2I-CompBench's scorers (config t2i_compbench.scorers), with its complex
+    prompts' kinds from the prompt folder's complex_{train,val}_{spatial,action}.txt where they exist."""
+    if backbone not in REAL_BACKBONES:
+        return {"kind": "mini"}
+    t2i = config["t2i_compbench"]
+    kinds = {f"complex_{k}": [f for s in ("train", "val") for f in [f"{t2i['prompts']}/complex_{s}_{k}.txt"]
+                              if os.path.isfile(f)] for k in ("spatial", "action")}
+    return {"kind": "t2i_compbench", **t2i["scorers"], **kinds}
+
+
+def get_resolution(backbone):
+    """The images' side: the miniature's config `resolution`, or a paper model's own."""
+    return get_backbone_spec(backbone)["resolution"] if backbone in REAL_BACKBONES else config["resolution"]
+
+
+def _scorer_inputs(backbone):
+    """What scoring CompBench images reads: the miniature's evaluator and its validation (none for a paper model:
+    its scorers load by model id)."""
+    if backbone in REAL_BACKBONES:
+        return {}
+    return {"evaluator": get_model_dir("evaluator"), "validation": f"{RESULTS}/evaluator/validation.json"}
+
+
+def get_prompt_images_inputs(wildcards):
+    return {**_backbone_inputs(wildcards.backbone), **_scorer_inputs(wildcards.backbone),
+            "prompts": get_compbench_prompts(wildcards.backbone, "train")}
 
 
 def get_model_dir(name):
@@ -422,7 +468,7 @@ def get_dmp_activation_inputs(wildcards):
     if backbone in REAL_BACKBONES:  # the captions of its post-pretraining data
         inputs["captions"] = get_image_text_data(backbone)["data"]
     elif backbone not in CLASS_BACKBONES:
-        inputs["prompts"] = [f for k, f in get_compbench_files().items() if k.endswith("_val")]
+        inputs["prompts"] = get_compbench_prompts(backbone, "val")
     return inputs
 
 
@@ -562,7 +608,9 @@ def get_run_eval_inputs(wildcards):
               "fid_reference": get_fid_reference(backbone)}
     if get_clip_params() == {}:  # CLIP score by the workflow's own CLIP
         inputs["clip"] = get_model_dir("clip_scorer")
-    if backbone in REAL_BACKBONES:  # COCO captions and images; Inception features, no evaluator
+    if backbone in REAL_BACKBONES:  # COCO captions and images; Inception features; T2I-CompBench's scorers
+        if "compbench" in run_evaluations(wildcards.run):
+            inputs["prompts"] = get_compbench_prompts(backbone, "val")
         return {**inputs, "reference": get_coco_reference()}
     inputs.update(reference=get_split_dir(get_world_split("reference", backbone)), evaluator=get_model_dir("evaluator"),
                   validation=f"{RESULTS}/evaluator/validation.json")
@@ -570,7 +618,7 @@ def get_run_eval_inputs(wildcards):
     if fid.get("patch_fid") and fid["feature_space"] == "shapes":  # Patch-FID of the same samples
         inputs["patch_reference"] = get_fid_reference(backbone, "patch")
     if "compbench" in run_evaluations(wildcards.run):
-        inputs["prompts"] = [f for k, f in get_compbench_files().items() if k.endswith("_val")]
+        inputs["prompts"] = get_compbench_prompts(backbone, "val")
     return inputs
 
 

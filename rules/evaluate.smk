@@ -35,7 +35,7 @@ rule validate_evaluator:
         cfg={k: config["evaluator"][k] for k in ("data", "validation", "thresholds") if k in config["evaluator"]},
         resolution=config["resolution"],
         # no object-free image may reach the lowest GORS keep-threshold (a score in [0, 1])
-        junk_threshold=min(config["gors"]["threshold"].values()) / 100,
+        junk_threshold=min(min(v) if isinstance(v, list) else v for v in config["gors"]["threshold"].values()) / 100,
     output:
         report=report(
             f"{RESULTS}/evaluator/validation.md", caption="../report/validation.rst", category="Evaluator"
@@ -95,7 +95,8 @@ rule evaluate_run:
         fid=get_fid_params(),
         clip=get_clip_params(),
         fid_latents=lambda wc: wc.run in get_latent_structure_runs(),  # DMP Table 5 reads them
-        resolution=config["resolution"],
+        resolution=lambda wc: get_resolution(RUNS[wc.run]["backbone"]),
+        scorer=lambda wc: get_scorer(RUNS[wc.run]["backbone"]),
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
         get_log("evaluate_run", "{run}"),
@@ -126,6 +127,7 @@ use rule evaluate_run as evaluate_run_fid with:
         seed=config["evaluation"]["seed"],
         fid=get_fid_params(),
         resolution=None,
+        scorer=None,
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
         get_log("evaluate_run_fid", "{run}"),

@@ -4,18 +4,15 @@
 
 rule generate_prompt_images:
     input:
-        model=get_base_dir("{backbone}"),
-        vae=get_model_dir("vae"),
-        text_encoder=get_model_dir("text_encoder"),
-        evaluator=get_model_dir("evaluator"),
-        validation=f"{RESULTS}/evaluator/validation.json",
-        prompts=[f for k, f in get_compbench_files().items() if k.endswith("_train")],
+        unpack(get_prompt_images_inputs),
     output:
         data=directory(get_prompt_images_dir("{backbone}")),
     params:
+        backbone=lambda wc: get_backbone_spec(wc.backbone),
+        scorer=lambda wc: get_scorer(wc.backbone),
         gors=config["gors"],
-        sampling=get_sampling_params(),
-        resolution=config["resolution"],
+        sampling=lambda wc: get_backbone_sampling(wc.backbone),
+        resolution=lambda wc: get_resolution(wc.backbone),
         require_validated=config["evaluation"]["require_validated_evaluator"],
     log:
         get_log("generate_prompt_images", "{backbone}"),
@@ -33,9 +30,11 @@ rule generate_prompt_images:
 rule encode_prompt_images:
     input:
         data=get_prompt_images_dir("{backbone}"),
-        vae=get_model_dir("vae"),
+        vae=lambda wc: [] if wc.backbone in REAL_BACKBONES else get_model_dir("vae"),
     output:
         latents=get_task_data("gors", "{backbone}")["latents"],
+    params:
+        backbone=lambda wc: get_backbone_spec(wc.backbone),
     log:
         get_log("encode_prompt_images", "{backbone}"),
     benchmark:
@@ -46,7 +45,7 @@ rule encode_prompt_images:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../scripts/encode_latents.py"
+        "../scripts/encode_prompt_images.py"
 
 
 rule train_expert:

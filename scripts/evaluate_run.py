@@ -1,4 +1,4 @@
-"""One run's evaluation, one process: CompBench-mini images and scores (unless the run is FID-only), FID samples
+"""One run's evaluation, one process: CompBench images and scores (unless the run is FID-only), FID samples
 (one image per held-out reference caption) and FID, then metrics.json."""
 from pathlib import Path
 
@@ -6,7 +6,7 @@ from tsmflow.data.io import atomic_path, read_json, read_labels, write_json
 from tsmflow.evaluation.clip_score import folder_clip_score, load_clip_scorer
 from tsmflow.evaluation.evaluator import load_evaluator
 from tsmflow.evaluation.run import fid_record, run_metrics
-from tsmflow.evaluation.scoring import check_validated, score_folder
+from tsmflow.evaluation.scoring import MiniScorer, check_validated, load_compbench_scorer, score_folder
 from tsmflow.runs import load_run_backbone, run_fingerprint
 from tsmflow.sampling.folders import caption_folder, compbench_folder
 from tsmflow.workflow import setup
@@ -17,8 +17,9 @@ sampling, space = p.sampling, p.fid["feature_space"]
 captions = [r["caption"] for r in read_labels(f"{inp.reference}/labels.jsonl")]
 if p.fid["n_samples"] > len(captions):
     raise ValueError(f"evaluation.fid.n_samples={p.fid['n_samples']} exceeds the {len(captions)} reference captions")
-# the evaluator scores CompBench-mini and gives FID its features, unless FID is Inception's
-uses_evaluator = "compbench" in out.keys() or space in ("shapes", "patch")
+compbench = "compbench" in out.keys()
+# the miniature's evaluator scores CompBench-mini and gives FID its features, unless FID is Inception's
+uses_evaluator = (compbench and p.scorer["kind"] == "mini") or space in ("shapes", "patch")
 # checked before any sampling: an evaluator that failed validation stops the job at once
 validated = check_validated(inp.validation, p.require_validated) if uses_evaluator else True
 evaluator = load_evaluator(inp.evaluator) if uses_evaluator else None
@@ -27,10 +28,12 @@ bb = load_run_backbone(p.run, inp, p.backbone)
 kw = {k: sampling[k] for k in ("steps", "guidance_scale", "solver", "timesteps", "precision") if k in sampling}
 
 scores = None
-if "compbench" in out.keys():
+if compbench:  # the miniature's evaluator, or T2I-CompBench's scorers for a paper model
+    scorer = MiniScorer(evaluator) if p.scorer["kind"] == "mini" else load_compbench_scorer(p.scorer, inp,
+                                                                                          device=bb.device)[0]
     files = {Path(f).stem.removesuffix("_val"): f for f in inp.prompts}
     compbench_folder(bb, files, out.compbench, p.images_per_prompt, p.seed, **kw)
-    scores = score_folder(evaluator, out.compbench, p.resolution)
+    scores = score_folder(scorer, out.compbench, p.resolution)
     scores["evaluator_validated"] = validated
     print(scores.groupby("category")["score"].agg(["mean", "count"]))
     with atomic_path(out.scores) as tmp:

@@ -270,3 +270,22 @@ def test_extends_replaces_whole_top_level_blocks_and_follows_chains(tmp_path):
     # `a` is mid's whole block (its y is gone, not merged), `c` is top's, `b` the base's; no `extends` is left
     assert extend(top, tmp_path / "sub/top.yaml") == {"a": {"x": 3}, "b": [1], "c": "top"}
     assert extend({"c": 1}, tmp_path / "x.yaml") == {"c": 1}  # a complete config is returned as it is
+
+
+@pytest.mark.parametrize("gors, ok", [
+    ({"recipe": "t2i_compbench", "tier_split": 560, "threshold": [92, 70]}, True),
+    ({"recipe": "t2i_compbench", "threshold": [92, 70]}, False),  # its tiers need the split
+    ({"recipe": "t2i_compbench", "tier_split": 560, "threshold": 5}, False),
+    ({"recipe": "mini", "threshold": [92, 70]}, False),
+    ({"threshold": 5}, True),
+])
+def test_gors_recipe_and_threshold_shapes_are_checked(root, gors, ok):
+    from tsmflow.config import validate
+    cfg = yaml.safe_load((root / "config/smoke.yaml").read_text())
+    th = gors.pop("threshold")
+    cfg["gors"].update(gors, threshold={c: th for c in cfg["gors"]["threshold"]})
+    if ok:
+        validate(cfg, root / "config/schema.yaml")
+    else:
+        with pytest.raises(ConfigError, match="key gors"):
+            validate(cfg, root / "config/schema.yaml")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tsmflow.data.adapters import (TarShards, coco_fid_prompts, coco_reference_folder, coco_subsample,
+from tsmflow.data.adapters import (BadSamples, TarShards, coco_fid_prompts, coco_reference_folder, coco_subsample,
                                    compbench_prompt_files, expand_shards, parse_compbench_name,
                                    read_coco_captions, read_compbench_images, read_compbench_prompts,
                                    read_compbench_run, read_image_text_folder, write_coco_prompts)
@@ -127,20 +127,21 @@ def test_compbench_image_names_parse_as_the_evaluators_expect(tmp_path):
 
 def test_compbench_images_in_both_layouts(tmp_path):
     png = image_bytes("PNG")
-    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    flat, theirs = tmp_path / "flat", tmp_path / "theirs"
     for cat in ("color", "spatial"):
-        for p in PROMPTS[cat]:
+        (flat / cat).mkdir(parents=True)
+        (theirs / cat / "samples").mkdir(parents=True)
+        for j, p in enumerate(PROMPTS[cat]):
+            (theirs / cat / f"{p}-grid-{j:05d}.png").write_bytes(png)  # its generator's grids beside samples/
             for i in range(2):
-                (ours / cat).mkdir(parents=True, exist_ok=True)
-                (ours / cat / f"{p}_{i:06d}.png").write_bytes(png)  # sampling/folders.py's layout
-                (theirs / cat / "samples").mkdir(parents=True, exist_ok=True)
-                (theirs / cat / "samples" / f"{p}_{i:06d}.png").write_bytes(png)  # T2I-CompBench's out_dir
+                (flat / cat / f"{p}_{2 * j + i:06d}.png").write_bytes(png)  # images in the category folder
+                (theirs / cat / "samples" / f"{p}_{2 * j + i:06d}.png").write_bytes(png)  # T2I-CompBench's out_dir
     (theirs / "color" / "annotation_blip").mkdir()  # what its evaluator leaves beside samples/
-    run_ours = read_compbench_run(ours, ["color", "spatial"])
+    run_flat = read_compbench_run(flat, ["color", "spatial"])
     run_theirs = read_compbench_run(theirs, ["color", "spatial"])
     for cat in ("color", "spatial"):
-        got = [(r["category"], r["prompt"], r["idx"]) for r in run_ours[cat]]
-        assert got == sorted((cat, p, i) for p in PROMPTS[cat] for i in range(2))
+        got = [(r["category"], r["prompt"], r["idx"]) for r in run_flat[cat]]
+        assert got == [(cat, p, 2 * j + i) for j, p in enumerate(PROMPTS[cat]) for i in range(2)]  # index order
         assert got == [(r["category"], r["prompt"], r["idx"]) for r in run_theirs[cat]]
     one = read_compbench_images(theirs / "color")
     assert len(one) == 4 and all("/samples/" in r["file"] and os.path.isfile(r["file"]) for r in one)
@@ -159,7 +160,8 @@ def test_compbench_image_folder_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match=r"shape: no image folder for category 'shape' \(found: color\)"):
         read_compbench_run(tmp_path / "run", ["color", "shape"])
     (cat / "samples").mkdir()
-    with pytest.raises(DataError, match="both in itself and in samples/"):
+    with pytest.raises(DataError, match=r"color: has images both beside samples/ \(a green bench and a blue "
+                                        r"bowl_000000.png\) and in it"):
         read_compbench_images(cat)
     with pytest.raises(DataError, match="missing: image folder not found"):
         read_compbench_run(tmp_path / "missing")
@@ -252,6 +254,17 @@ def test_coco_errors_name_the_file(tmp_path):
                                                 "annotations": [{"image_id": 1, "id": 5}]}))
     with pytest.raises(DataError, match=r"nocap.json: annotations\[0\] lacks image_id/id/caption"):
         read_coco_captions(bad / "nocap.json", img_dir)
+    (bad / "dup_image.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}],
+        "annotations": [{"image_id": 1, "id": 5, "caption": "x"}]}))
+    with pytest.raises(DataError, match=r"dup_image.json: image id 1 appears twice in 'images' \(a.jpg and b.jpg\)"):
+        read_coco_captions(bad / "dup_image.json", img_dir)
+    (bad / "dup_ann.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+        "annotations": [{"image_id": 1, "id": 5, "caption": "x"}, {"image_id": 2, "id": 5, "caption": "y"}]}))
+    with pytest.raises(DataError, match=r"dup_ann.json: annotation id 5 appears twice in 'annotations' "
+                                        r"\(the second at annotations\[1\]\)"):
+        read_coco_captions(bad / "dup_ann.json", img_dir)
     (img_dir / "COCO_val2014_000000000100.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     first = [r for r in read_coco_captions(ann, img_dir) if r["image_id"] == 100][:1]
     with pytest.raises(DataError, match="COCO_val2014_000000000100.jpg: unreadable image"):
@@ -279,9 +292,15 @@ def test_image_text_folder(tmp_path):
     (root / "000000002.jpg").write_bytes(image_bytes("JPEG"))
     with pytest.raises(DataError, match=r"000000002.jpg: no caption file 000000002.txt"):
         read_image_text_folder(root)
-    (root / "000000002.txt").write_text(" \n")
+    (root / "000000002.txt").write_text(" \n")  # img2dataset writes "" for a null caption
     with pytest.raises(DataError, match=r"000000002.txt: caption file is empty"):
         read_image_text_folder(root)
+    bad = BadSamples(skip=True, max_fraction=0.5)
+    assert len(read_image_text_folder(root, bad)) == 3
+    assert bad.skipped == [{"sample": str(root / "000000002.jpg"), "reason": "empty caption",
+                            "error": f"{root / '000000002.txt'}: caption file is empty"}]
+    assert [os.path.relpath(r["file"], root) for r in read_image_text_folder(root, BadSamples(True, 1.0), limit=2)] \
+        == ["000000000.jpg", "000000001.png"]
     with pytest.raises(DataError, match="nowhere: image-text folder not found"):
         read_image_text_folder(tmp_path / "nowhere")
     (tmp_path / "captions_only").mkdir()
@@ -320,7 +339,8 @@ def test_tar_shards_iterate_samples_in_order(tmp_path):
                                                ("000010000", "a red car")]
     assert all(isinstance(im, Image.Image) and im.mode == "RGB" and im.size == (8, 6) for _, im, _ in samples)
     assert np.asarray(samples[1][1])[0, 0].tolist() == [200, 30, 30]  # PNG is lossless
-    assert reader.skipped == [] and len(list(reader)) == 3  # the reader can be iterated again
+    assert reader.bad.skipped == [] and len(list(reader)) == 3  # the reader can be iterated again
+    assert reader.bad.seen == 3
 
 
 def test_tar_shards_corrupt_image_raises_or_is_skipped(tmp_path):
@@ -329,16 +349,40 @@ def test_tar_shards_corrupt_image_raises_or_is_skipped(tmp_path):
     write_shard(shard, [laion_sample("000000000", "a dog"), bad, laion_sample("000000002", "a cat")])
     with pytest.raises(DataError, match=r"shard-000000.tar: 000000001.jpg: unreadable image"):
         list(TarShards([shard]))
-    reader = TarShards([shard], skip_corrupt=True)
+    reader = TarShards([shard], BadSamples(skip=True, max_fraction=0.5))
     assert [k for k, _, _ in reader] == ["000000000", "000000002"]
-    assert reader.skipped == ["shard-000000.tar:000000001"]
+    assert [(s["sample"], s["reason"]) for s in reader.bad.skipped] == [("shard-000000.tar:000000001",
+                                                                        "unreadable image")]
+    assert "000000001.jpg: unreadable image" in reader.bad.skipped[0]["error"]
+    reader.bad.check("shards")  # 1 of 3 is under the allowed half
+    reader = TarShards([shard], BadSamples(skip=True, max_fraction=0.2))
+    list(reader)
+    with pytest.raises(DataError, match=r"shards: 1 of 3 samples were skipped \(\{'unreadable image': 1\}; "
+                                        r"first: shard-000000.tar:000000001\), more than bad_samples.max_fraction=0.2"):
+        reader.bad.check("shards")
+
+
+def test_tar_shards_empty_captions_are_bad_samples(tmp_path):
+    shard = tmp_path / "shard-000000.tar"
+    write_shard(shard, [laion_sample("000000000", "a dog"), laion_sample("000000001", ""),
+                        laion_sample("000000002", "  \n")])
+    with pytest.raises(DataError, match=r"shard-000000.tar: 000000001.txt: caption is empty"):
+        list(TarShards(shard))
+    reader = TarShards(shard, BadSamples(skip=True, max_fraction=1.0))
+    assert [k for k, _, _ in reader] == ["000000000"]
+    assert reader.bad.counts() == {"empty caption": 2} and reader.bad.seen == 3
+    only_bad = TarShards(shard, BadSamples(skip=True, max_fraction=1.0))
+    write_shard(shard, [laion_sample("000000001", "")])
+    list(only_bad)  # every sample skipped fails even at max_fraction 1
+    with pytest.raises(DataError, match="1 of 1 samples were skipped"):
+        only_bad.bad.check("shards")
 
 
 def test_tar_shards_missing_caption_and_broken_shard(tmp_path):
     shard = tmp_path / "shard-000003.tar"
     write_shard(shard, [laion_sample("000000000", "a dog"), ("000000001", {"jpg": image_bytes("JPEG")})])
     with pytest.raises(DataError, match=r"shard-000003.tar: sample '000000001' has no caption \(000000001.txt\)"):
-        list(TarShards(shard, skip_corrupt=True))  # skipping is for corrupt images, not missing captions
+        list(TarShards(shard, BadSamples(skip=True, max_fraction=1.0)))  # a missing caption member is structural
     write_shard(shard, [("000000005", {"txt": b"caption only", "json": b"{}"})])
     with pytest.raises(DataError, match=r"sample '000000005' has no image"):
         list(TarShards(shard))
@@ -352,3 +396,31 @@ def test_tar_shards_missing_caption_and_broken_shard(tmp_path):
     truncated.write_bytes(full.read_bytes()[:700])  # cut inside the first image
     with pytest.raises(DataError, match="shard-000006.tar: unreadable tar shard"):
         list(TarShards(truncated))
+
+
+def test_image_text_pairs_skip_bad_samples_by_config_and_count_them(tmp_path):
+    from tsmflow.data.image_text import image_text_pairs
+    root = tmp_path / "laion"
+    root.mkdir()
+    for k, (data, caption) in enumerate([(image_bytes("JPEG"), "a dog"), (image_bytes("JPEG")[:40], "a cut jpeg"),
+                                         (image_bytes("PNG"), ""), (image_bytes("PNG"), "a cat")]):
+        (root / f"{k:09d}.jpg").write_bytes(data)
+        (root / f"{k:09d}.txt").write_text(caption)
+    data = {"image_text_folder": str(root)}
+    with pytest.raises(DataError, match=r"000000002.txt: caption file is empty"):  # captions are read first
+        list(image_text_pairs(data, BadSamples.from_config(None)))  # no bad_samples key: the first one fails
+    (root / "000000002.txt").write_text("a bird")
+    with pytest.raises(DataError, match=r"000000001.jpg: unreadable image"):
+        list(image_text_pairs(data, BadSamples.from_config(None)))
+    (root / "000000002.txt").write_text("")
+    bad = BadSamples.from_config({"skip": True, "max_fraction": 0.5})
+    got = list(image_text_pairs(data, bad))
+    assert [c for _, _, c in got] == ["a dog", "a cat"] and all(im.mode == "RGB" for _, im, _ in got)
+    assert bad.seen == 4 and bad.counts() == {"unreadable image": 1, "empty caption": 1}
+    bad.check("laion")  # 2 of 4 is not more than half
+    strict = BadSamples.from_config({"skip": True, "max_fraction": 0.25})
+    list(image_text_pairs(data, strict))
+    with pytest.raises(DataError, match=r"laion: 2 of 4 samples were skipped"):
+        strict.check("laion")
+    limited = BadSamples(True, 1.0)
+    assert len(list(image_text_pairs({**data, "max_images": 1}, limited))) == 1 and limited.seen == 1

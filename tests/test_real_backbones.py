@@ -40,7 +40,12 @@ DMP_JOBS = {"train_full": 1, "train_dmp": 2, "evaluate_run_fid": 3, "plot_dmp_ac
             "plot_table_fid": 1}
 DEME_JOBS = {"deme_finetune_range": 4, "deme_merge_search": 1, "evaluate_run_fid": 2, "plot_deme_cosine": 1,
              "make_table": 1, "plot_table_fid": 1}
-EXTRA_JOBS = {"sd15": [DISTILL_JOBS, DMP_JOBS, DEME_JOBS], "pixart": [DMP_JOBS]}
+# SD1.5, PixArt-alpha and SD3: TSM Table 4's block, domain adaptation on T2I-CompBench (GORS data; three runs scored
+# by its scorers, with their sample grids)
+GORS_JOBS = {"generate_prompt_images": 1, "encode_prompt_images": 1, "train_expert": 10, "assemble_router": 1,
+             "evaluate_run": 3, "make_table": 1, "run_sample_grid": 3, "plot_table_categories": 1}
+EXTRA_JOBS = {"sd15": [DISTILL_JOBS, DMP_JOBS, DEME_JOBS, GORS_JOBS], "pixart": [DMP_JOBS, GORS_JOBS],
+              "sd3": [GORS_JOBS]}
 
 
 def with_run(run: dict):
@@ -67,6 +72,8 @@ def shipped(root, tmp, name: str, change=None):
     cfg["extends"] = str(root / "config/config.yaml")
     cfg["backbones"][name]["data"] = {"image_text_folder": str(tmp / "laion")}
     cfg["coco"].update(annotations=str(tmp / "coco/annotations/captions_val2014.json"), images=str(tmp / "coco/val2014"))
+    if "t2i_compbench" in cfg:
+        cfg["t2i_compbench"]["prompts"] = str(tmp / "t2i")
     if change:
         change(cfg)
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
@@ -87,7 +94,7 @@ def test_each_paper_model_config_plans_its_table_rows_through_the_stage_rules(sn
     r = dry_run(snakemake_bin, root, tmp_path / "work", tmp_path / "config.yaml")  # `rule all`: its tables
     extra = EXTRA_JOBS.get(name, [])
     want = {k: JOBS.get(k, 0) + sum(e.get(k, 0) for e in extra) for k in {**JOBS, **DMP_JOBS, **DEME_JOBS,
-                                                                         **DISTILL_JOBS}}
+                                                                         **DISTILL_JOBS, **GORS_JOBS}}
     assert r.returncode == 0 and job_counts(r.stdout) == {k: v for k, v in want.items() if v}, \
         r.stdout[-2000:] + r.stderr[-3000:]
     assert not (tmp_path / "work/results").exists()
@@ -106,6 +113,17 @@ def test_placeholder_data_and_absent_offline_inception_weights_fail_before_any_j
     r = dry_run(snakemake_bin, root, tmp_path / "work", offline_clip)
     assert r.returncode != 0 and "config key evaluation.clip.local_files_only: the offline backbones ['sd15']" in (
         r.stdout + r.stderr)
+    offline_scorers = shipped(root, tmp_path, "sd15", lambda c: (
+        c["backbones"]["sd15"].update(local_files_only=True), c["evaluation"]["fid"].update(inception_weights=__file__),
+        c["evaluation"]["clip"].update(local_files_only=True)))
+    r = dry_run(snakemake_bin, root, tmp_path / "work", offline_scorers)
+    assert r.returncode != 0 and "config key t2i_compbench.scorers.local_files_only: the offline backbones " \
+        "['sd15']" in r.stdout + r.stderr
+    placeholder = shipped(root, tmp_path, "sd15", lambda c: c["t2i_compbench"].update(
+        prompts="/data/T2I-CompBench/examples/dataset/"))
+    r = dry_run(snakemake_bin, root, tmp_path / "work", placeholder)
+    assert r.returncode != 0 and "config key t2i_compbench.prompts: /data/T2I-CompBench/examples/dataset: " \
+        "T2I-CompBench prompt folder not found" in r.stdout + r.stderr
     absent = shipped(root, tmp_path, "sd15", lambda c: c["evaluation"]["fid"].update(
         inception_weights=str(tmp_path / "absent.pt")))
     r = dry_run(snakemake_bin, root, tmp_path / "work", absent)
@@ -115,10 +133,9 @@ def test_placeholder_data_and_absent_offline_inception_weights_fail_before_any_j
 @pytest.mark.parametrize("change, needle", [
     (lambda c: c["backbones"]["sd15"].pop("data"),
      "config key backbones.sd15.data: deme_sets.sd15-post-n4-p30 trains on the backbone's post-pretraining data"),
-    (with_run({"method": "lora", "backbone": "sd15", "experts": "sd15-gors-n1-r4-s10", "evaluate": ["fid"]}),
-     "config key runs.x: expert set 'sd15-gors-n1-r4-s10': a paper model trains on its post-pretraining data"),
-    (with_run({"method": "base", "backbone": "sd15"}),
-     "config key runs.x: a paper model's runs (every method but moe_lora) are evaluated with `evaluate: [fid]`"),
+    (lambda c: c.pop("t2i_compbench"), "config key t2i_compbench: "),
+    (with_run({"method": "moe_lora", "backbone": "sd15", "task": "post", "n_experts": 2, "rank": 2, "steps": 2}),
+     "config key runs.x: moe_lora runs on the miniature only"),
     (lambda c: c.update(deme_sets={"d": {"backbone": "sd15", "task": "gors", "n": 2, "p": 0.3, "steps": 5}}),
      "config key deme_sets.d: on a paper model (sd15), deme_sets further train the pre-trained denoiser on its "
      "post-pretraining data"),
@@ -187,6 +204,10 @@ def write_fixture_data(root):
     (root / "coco/annotations").mkdir()
     (root / "coco/annotations/captions_val2014.json").write_text(
         json.dumps({"images": images, "annotations": annotations}))
+    (root / "t2i").mkdir()
+    for cat in ("color", "shape", "texture", "spatial", "non_spatial", "complex"):  # T2I-CompBench's prompt files
+        for split in ("train", "val"):
+            (root / "t2i" / f"{cat}_{split}.txt").write_text("a red circle and a blue square\r\na blue circle")
 
 
 def tiny_config(root, tmp, name: str = "sd15", dtype: str = "float32"):

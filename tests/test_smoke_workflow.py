@@ -66,9 +66,9 @@ def test_evaluation_outputs(smoke):
         m = json.loads((res / f"runs/{run}/metrics.json").read_text())
         for cat in ["color", "shape", "texture", "spatial", "non_spatial", "complex"]:
             assert 0 <= m[cat] <= 100
-            # T2I-CompBench layout: <category>/<prompt>_<6-digit idx>.png, images_per_prompt per prompt
-            files = sorted((res / f"runs/{run}/compbench/{cat}").glob("*_0000*.png"))
-            assert len(files) == 3 * 2 and files[0].name.endswith("_000000.png")
+            # T2I-CompBench layout: <category>/samples/<prompt>_<6-digit idx>.png, one running index
+            files = (res / f"runs/{run}/compbench/{cat}/samples").glob("*.png")
+            assert sorted(int(f.stem[-6:]) for f in files) == list(range(3 * 2))
         assert m["fid"] >= 0 and m["fid_n_samples"] == 16
         # CLIP score of the same 16 samples, by the workflow's own CLIP scorer (a cosine)
         assert -1 <= m["clip_score"] <= 1 and m["clip_n"] == 16 and m["clip_score_se"] > 0

@@ -4,7 +4,8 @@ import json
 import pandas as pd
 import pytest
 
-from tsmflow.evaluation.scoring import UnvalidatedEvaluatorError, check_validated, parse_image_name
+from tsmflow.data.adapters import parse_compbench_name as parse_image_name
+from tsmflow.evaluation.scoring import UnvalidatedEvaluatorError, check_validated
 from tsmflow.reporting.plots import category_bars, deme_sensitivity_series, fid_bars
 from tsmflow.reporting.tables import build_table, load_paper_table, paper_value, write_table
 

@@ -155,6 +155,24 @@ def test_sample_weights_weight_the_loss(mini_backbone):
     first, second = loss(batch), loss({**batch, "weight": torch.tensor([0.0, 1.0])})
     assert not torch.allclose(first, second)
     assert torch.allclose(loss({**batch, "weight": torch.tensor([3.0, 1.0])}), 0.75 * first + 0.25 * second)
+    # T2I-CompBench's GORS loss: the batch mean of reward * mse, not normalised by the rewards' sum
+    rewards = {k: v for k, v in batch.items() if k != "weight"}
+    assert torch.allclose(loss({**rewards, "reward": torch.tensor([0.6, 0.2])}), (0.6 * first + 0.2 * second) / 2)
+
+
+def test_task_data_reward_forms(tmp_path):
+    from safetensors.torch import save_file
+    from tsmflow.data.io import DataError, write_labels
+    from tsmflow.training.experts import load_task_data
+    save_file({"mean": torch.zeros(2, 4, 2, 2), "std": torch.ones(2, 4, 2, 2)}, str(tmp_path / "lat.safetensors"))
+    rows = [{"caption": "a", "reward": 0.9}, {"caption": "b", "reward": 0.5}]
+    for form, key in ((None, "weight"), ("mean", "reward")):
+        write_labels(tmp_path / "labels.jsonl", [{**r, **({"reward_loss": form} if form else {})} for r in rows])
+        tensors, extra = load_task_data(tmp_path / "lat.safetensors", tmp_path / "labels.jsonl")
+        assert set(tensors) == {"latent_mean", "latent_std", key} and torch.allclose(tensors[key], torch.tensor([0.9, 0.5]))
+    write_labels(tmp_path / "labels.jsonl", [{**rows[0], "reward_loss": "mean"}, rows[1]])
+    with pytest.raises(DataError, match=r"labels.jsonl: reward_loss must be one of weighted_mean, mean for all rows"):
+        load_task_data(tmp_path / "lat.safetensors", tmp_path / "labels.jsonl")
 
 
 def test_unet_cross_attention_is_chosen_per_level():

@@ -384,10 +384,28 @@ def test_gors_selection_thresholds_and_rewards():
     import pandas as pd
     scores = pd.DataFrame({"category": ["color", "color", "shape"], "prompt": ["a", "b", "c"],
                            "idx": [0, 0, 0], "file": ["x", "y", "z"], "score": [80.0, 4.0, 10.0]})
-    keep = select(scores, {"color": 5, "shape": 50})
+    keep = select(scores, {"threshold": {"color": 5, "shape": 50}})
     assert keep["prompt"].tolist() == ["a"] and np.isclose(keep["reward"].iloc[0], 0.8)
+    assert select(scores, {"threshold": {"color": 4, "shape": 50}})["prompt"].tolist() == ["a", "b"]  # >=
     with pytest.raises(ValueError, match="shape"):
-        select(scores, {"color": 5})
+        select(scores, {"threshold": {"color": 5}})
+
+
+def test_gors_t2i_compbench_recipe_tiers_by_prompt_line(tmp_path):
+    """Its two tiers: prompts first seen before tier_split take the first threshold; a strict >."""
+    import pandas as pd
+    from tsmflow.data.prompt_images import first_lines
+    (tmp_path / "color_train.txt").write_text("a\nb\nc\na\n")
+    lines = first_lines({"color": str(tmp_path / "color_train.txt")})
+    assert lines == {"color": {"a": 0, "b": 1, "c": 2}}  # a repeat keeps its first line, as theirs does
+    scores = pd.DataFrame({"category": ["color"] * 4, "prompt": ["a", "b", "c", "c"], "idx": [0, 1, 2, 3],
+                           "file": list("wxyz"), "score": [92.0, 93.0, 70.0, 71.0]})
+    cfg = {"recipe": "t2i_compbench", "tier_split": 2, "threshold": {"color": [92, 70]}}
+    keep = select(scores, cfg, lines)
+    assert keep["idx"].tolist() == [1, 3]  # 92 is not above 92; c is in the second tier, 70 is not above 70
+    assert (keep["reward_loss"] == "mean").all() and np.allclose(keep["reward"], [0.93, 0.71])
+    with pytest.raises(ValueError, match="needs each prompt's line"):
+        select(scores, cfg)
 
 
 def test_generate_with_merged_and_routed_experts_across_batches(mini_backbone):

@@ -11,10 +11,12 @@ T2I-CompBench (Huang et al., 2023; github.com/Karine-Huang/T2I-CompBench)
     in ``<category>_train.txt`` and ``<category>_val.txt`` for color, shape, texture,
     spatial, non_spatial and complex. The folder's other files (``color.txt``,
     ``color_val_seen.txt``, ``complex_val_action.txt``, ...) are not read.
-    Generated images: the official evaluators (BLIPvqa_eval, UniDet_eval, 3_in_1_eval)
-    read ``<out_dir>/samples/<prompt>_<6-digit idx>.png``, with one out_dir per category.
-    This project writes ``<out>/<category>/<prompt>_<6-digit idx>.png``
-    (sampling/folders.py). Both layouts are read.
+    Generated images: the official evaluators (BLIPvqa_eval, UniDet_eval, CLIPScore_eval,
+    3_in_1_eval) read ``<out_dir>/samples/<prompt>_<6-digit idx>.png``, with one out_dir per
+    category; its generator numbers the images of a folder with one running counter (the
+    evaluators' question_id) and writes ``<prompt>-grid-NNNNN.png`` beside ``samples/``.
+    This project writes ``<out>/<category>/samples/`` the same way (sampling/folders.py).
+    Folders whose images lie directly in them are read too.
 
 COCO 2014 captions (FID-30K, as in the papers' zero-shot FID)
     ``annotations/captions_val2014.json`` has ``images: [{id, file_name, ...}]`` and
@@ -33,6 +35,7 @@ LAION-style image-text data (post-pretraining)
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import tarfile
@@ -40,10 +43,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .grammar import CATEGORIES
-from .io import DataError, atomic_dir, load_image, read_json, read_prompts, save_png, write_labels, write_lines
+from .io import DataError, atomic_dir, load_image, open_rgb, read_json, read_prompts, save_png, write_labels, write_lines
+
+log = logging.getLogger(__name__)
 
 COMPBENCH_SPLITS = ("train", "val")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -103,27 +108,34 @@ def parse_compbench_name(path) -> tuple[str, int]:
     return prompt, int(idx)
 
 
-def read_compbench_images(folder) -> list[dict]:
-    """The generated images of one category, as {prompt, idx, file} records sorted by file name.
+GRID_NAME = re.compile(r".+-grid-\d+\.png")  # T2I-CompBench's generator writes these beside samples/
 
-    ``folder`` is either T2I-CompBench's out_dir, whose images are in ``samples/``, or
-    one of this project's category folders, which holds the images itself.
+
+def read_compbench_images(folder) -> list[dict]:
+    """The generated images of one category, as {prompt, idx, file} records in index order, the order
+    T2I-CompBench's evaluators sort them in (by the number after the last underscore).
+
+    ``folder`` is either T2I-CompBench's out_dir, whose images are in ``samples/`` and whose
+    ``<prompt>-grid-NNNNN.png`` grids lie beside it, or a folder that holds the images itself.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found")
     samples = folder / "samples"
     if samples.is_dir():
-        if any(folder.glob("*.png")):
+        beside = [p for p in folder.glob("*.png") if not GRID_NAME.fullmatch(p.name)]
+        if beside:
             # If the images are in both places, we cannot tell which set is meant.
-            raise DataError(f"{folder}: has images both in itself and in samples/; keep one layout")
+            raise DataError(f"{folder}: has images both beside samples/ ({_names(beside)}) and in it; only "
+                            "<prompt>-grid-NNNNN.png grids may lie beside samples/")
         folder = samples
     # The official evaluators list every file in samples/, so a stray file breaks them
     # too. Anything that is not named like an image of this layout is an error.
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     if not files:
         raise DataError(f"{folder}: no generated images")
-    return [dict(zip(("prompt", "idx"), parse_compbench_name(p)), file=str(p)) for p in files]
+    records = [dict(zip(("prompt", "idx"), parse_compbench_name(p)), file=str(p)) for p in files]
+    return sorted(records, key=lambda r: (r["idx"], r["file"]))
 
 
 def read_compbench_run(root, categories: Sequence[str] = CATEGORIES) -> dict[str, list[dict]]:
@@ -153,11 +165,17 @@ def read_coco_captions(annotations, image_dir) -> list[dict]:
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise DataError(f"{annotations}: not a COCO captions file (needs 'images' and 'annotations' lists)")
-    try:
-        files = {int(im["id"]): im["file_name"] for im in data["images"]}
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{annotations}: an entry of 'images' lacks id/file_name ({e!r})") from e
-    records = []
+    files: dict[int, str] = {}
+    for n, im in enumerate(data["images"]):
+        try:
+            image_id, name = int(im["id"]), im["file_name"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{annotations}: images[{n}] lacks id/file_name ({e!r})") from e
+        if image_id in files:  # two files under one id: which one its captions describe is unknown
+            raise DataError(f"{annotations}: image id {image_id} appears twice in 'images' "
+                            f"({files[image_id]} and {name})")
+        files[image_id] = name
+    records, caption_ids = [], set()
     for n, a in enumerate(data["annotations"]):
         try:
             image_id, caption_id, text = int(a["image_id"]), int(a["id"]), _clean_caption(a["caption"])
@@ -166,6 +184,10 @@ def read_coco_captions(annotations, image_dir) -> list[dict]:
         if image_id not in files:
             raise DataError(f"{annotations}: caption {caption_id} refers to image {image_id}, "
                             "which is not in 'images'")
+        if caption_id in caption_ids:
+            raise DataError(f"{annotations}: annotation id {caption_id} appears twice in 'annotations' "
+                            f"(the second at annotations[{n}])")
+        caption_ids.add(caption_id)
         if not text:
             raise DataError(f"{annotations}: caption {caption_id} (image {image_id}) is empty")
         records.append({"file": str(image_dir / files[image_id]), "caption": text, "image_id": image_id,
@@ -259,22 +281,70 @@ def coco_reference_folder(records: list[dict], out_dir, resolution: int | None =
 
 # ---------------------------------------------------------------- LAION-style image-text data
 
+class BadSamples:
+    """What a reader does with a sample it cannot use: an empty caption (img2dataset writes "" for a null one)
+    or an image that does not decode. With ``skip=False`` it raises DataError naming the sample. With
+    ``skip=True`` the sample is skipped, named and counted by reason; `check` then fails only if more than
+    ``max_fraction`` of the samples seen were skipped. A structural fault (no caption file, no image in a
+    sample, an unreadable shard) always raises: it is a broken dataset, not a bad sample.
+    """
+
+    def __init__(self, skip: bool = False, max_fraction: float = 0.0):
+        if not 0.0 <= max_fraction <= 1.0:
+            raise ValueError(f"max_fraction must be in [0, 1], not {max_fraction}")
+        self.skip, self.max_fraction = skip, max_fraction
+        self.reset()
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> BadSamples:
+        """From config `backbones.<name>.data.bad_samples` ({skip, max_fraction}); absent: raise on any."""
+        cfg = cfg or {}
+        return cls(bool(cfg.get("skip", False)), float(cfg.get("max_fraction", 0.0)))
+
+    def reset(self) -> None:
+        self.seen, self.skipped = 0, []
+
+    def good(self) -> None:
+        self.seen += 1
+
+    def bad(self, name: str, reason: str, message: str) -> None:
+        """A sample that cannot be used: raise `message`, or record it as skipped."""
+        self.seen += 1
+        if not self.skip:
+            raise DataError(message)
+        self.skipped.append({"sample": name, "reason": reason, "error": message})
+        log.warning("skipped %s (%s): %s", name, reason, message)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.skipped:
+            out[s["reason"]] = out.get(s["reason"], 0) + 1
+        return out
+
+    def check(self, where: str) -> None:
+        """Raise if more than max_fraction of the samples seen were skipped (all of them, whatever max_fraction)."""
+        n = len(self.skipped)
+        if n and (n == self.seen or n > self.max_fraction * self.seen):
+            first = ", ".join(s["sample"] for s in self.skipped[:5])
+            raise DataError(f"{where}: {n} of {self.seen} samples were skipped ({self.counts()}; first: {first}), "
+                            f"more than bad_samples.max_fraction={self.max_fraction}")
+
+
 def _read_caption(path: Path) -> str:
     try:
-        text = _clean_caption(path.read_text(encoding="utf-8"))
+        return _clean_caption(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: caption is not UTF-8 ({e})") from e
-    if not text:
-        raise DataError(f"{path}: caption file is empty")
-    return text
 
 
-def read_image_text_folder(folder) -> list[dict]:
-    """Each image in ``folder`` and its sub-folders, with its sibling ``.txt`` caption, as {file, caption}.
+def read_image_text_folder(folder, bad: BadSamples | None = None, limit: int | None = None) -> list[dict]:
+    """Each image in ``folder`` and its sub-folders, with its sibling ``.txt`` caption, as {file, caption}, in
+    path order; with ``limit``, the first ``limit`` of them that have a caption.
 
     Images are not decoded here. A set with millions of images is opened later, by
-    whatever loads each batch.
+    whatever loads each batch. An empty caption goes to ``bad`` (default: raise).
     """
+    bad = BadSamples() if bad is None else bad
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: image-text folder not found")
@@ -283,10 +353,16 @@ def read_image_text_folder(folder) -> list[dict]:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     records = []
     for img in images:
+        if limit is not None and len(records) >= limit:
+            break
         txt = img.with_suffix(".txt")
         if not txt.is_file():
             raise DataError(f"{img}: no caption file {txt.name} beside it")
-        records.append({"file": str(img), "caption": _read_caption(txt)})
+        caption = _read_caption(txt)
+        if caption:
+            records.append({"file": str(img), "caption": caption})
+        else:
+            bad.bad(str(img), "empty caption", f"{txt}: caption file is empty")
     return records
 
 
@@ -343,6 +419,15 @@ def check_image_text_paths(train: dict, where: str) -> None:
             raise DataError(f"config key {where}.shards: {e}") from e
 
 
+def check_t2i_compbench_paths(t2i: dict, where: str = "t2i_compbench") -> None:
+    """T2I-CompBench's prompt folder (config `t2i_compbench.prompts`) has every category's train and val file,
+    checked as the DAG is built."""
+    try:
+        read_compbench_prompts(t2i["prompts"])
+    except DataError as e:
+        raise DataError(f"config key {where}.prompts: {e}") from e
+
+
 def check_coco_paths(coco: dict, where: str = "coco") -> None:
     """COCO2014 val's captions file and image folder (config `coco`) exist, checked as the DAG is built."""
     if not Path(coco["annotations"]).is_file():
@@ -381,28 +466,20 @@ def _tar_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, files
 
 
-def _decode_image(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()  # decode now: a truncated file fails here and not in a training step
-        return im.convert("RGB")
-
-
 class TarShards:
     """Iterate over (key, RGB PIL image, caption) from webdataset tar shards, in the order of the shards.
 
-    A corrupt image raises DataError naming the shard and the key. With
-    ``skip_corrupt=True`` the sample is skipped instead, and ``skipped`` lists
-    ``"<shard name>:<key>"`` for each one (reset at each pass). A sample without a
-    caption always raises. ``<key>.json`` metadata is read past.
+    An empty caption or a corrupt image goes to ``bad`` (default: raise DataError naming the shard and the key);
+    skipped samples are named ``"<shard name>:<key>"``, and the count restarts at each pass. A sample without a
+    caption member always raises. ``<key>.json`` metadata is read past.
     """
 
-    def __init__(self, shards: str | os.PathLike | Sequence[str | os.PathLike], skip_corrupt: bool = False):
+    def __init__(self, shards: str | os.PathLike | Sequence[str | os.PathLike], bad: BadSamples | None = None):
         self.shards = expand_shards(shards)
-        self.skip_corrupt = skip_corrupt
-        self.skipped: list[str] = []
+        self.bad = BadSamples() if bad is None else bad
 
     def __iter__(self) -> Iterator[tuple[str, Image.Image, str]]:
-        self.skipped = []
+        self.bad.reset()
         for shard in self.shards:
             for key, files in _tar_samples(shard):
                 ext = next((s[1:] for s in IMAGE_SUFFIXES if s[1:] in files), None)
@@ -415,12 +492,12 @@ class TarShards:
                 except UnicodeDecodeError as e:
                     raise DataError(f"{shard}: {key}.txt: caption is not UTF-8 ({e})") from e
                 if not caption:
-                    raise DataError(f"{shard}: {key}.txt: caption is empty")
-                try:
-                    image = _decode_image(files[ext])
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                    if not self.skip_corrupt:
-                        raise DataError(f"{shard}: {key}.{ext}: unreadable image ({e})") from e
-                    self.skipped.append(f"{shard.name}:{key}")
+                    self.bad.bad(f"{shard.name}:{key}", "empty caption", f"{shard}: {key}.txt: caption is empty")
                     continue
+                try:
+                    image = open_rgb(io.BytesIO(files[ext]), name=f"{shard}: {key}.{ext}")
+                except DataError as e:
+                    self.bad.bad(f"{shard.name}:{key}", "unreadable image", str(e))
+                    continue
+                self.bad.good()
                 yield key, image, caption

@@ -8,7 +8,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data.io import DataError, load_image, read_json
-from ..data.adapters import parse_compbench_name as parse_image_name  # T2I-CompBench naming
+from ..data.adapters import read_compbench_images  # T2I-CompBench's naming and layout
 from .compbench import score_images
 
 
@@ -27,20 +27,44 @@ def check_validated(status_path, required: bool) -> bool:
     return bool(status.get("passed"))
 
 
-def score_folder(evaluator, folder, resolution: int) -> pd.DataFrame:
-    """One row per image: category, prompt, idx, file, score (percent)."""
+class MiniScorer:
+    """The miniature's evaluator behind the scorer interface: `score_images(images, prompts, category)` in [0, 1]."""
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+
+    def score_images(self, images: np.ndarray, prompts: list[str], category: str) -> list[float]:
+        return score_images(self.evaluator, images, prompts, category)
+
+
+def load_compbench_scorer(params: dict, inputs, require_validated: bool = True, device="cpu"):
+    """(scorer, validated) from a rule's `scorer` param (rules/common.smk `get_scorer`): the miniature's evaluator
+    (inputs.evaluator), refused if it failed its validation (inputs.validation) unless `require_validated` is off;
+    or T2I-CompBench's scorers, loaded by the model ids in the param."""
+    if params["kind"] == "mini":
+        from .evaluator import load_evaluator
+        validated = check_validated(inputs.validation, require_validated)
+        return MiniScorer(load_evaluator(inputs.evaluator)), validated
+    from .t2i_compbench import load_scorer
+    return load_scorer({k: v for k, v in params.items() if k != "kind"}, device), True
+
+
+def score_folder(scorer, folder, resolution: int, chunk: int = 256) -> pd.DataFrame:
+    """One row per image: category, prompt, idx (T2I-CompBench's question_id), file (relative to `folder`), score
+    (percent). `folder` holds one folder per category, in either layout `read_compbench_images` reads. Images load
+    `chunk` at a time: a paper model's GORS folder holds thousands of 512-px images."""
     rows = []
-    cats = sorted(p for p in Path(folder).iterdir() if p.is_dir())
+    folder = Path(folder)
+    cats = sorted(p for p in folder.iterdir() if p.is_dir())
     if not cats:
         raise DataError(f"{folder}: no category folders to score")
     for cat in tqdm(cats, desc="scoring", mininterval=2.0):
-        files = sorted(cat.glob("*.png"))
-        if not files:
-            raise DataError(f"{cat}: no images")
-        names = [parse_image_name(f.name) for f in files]
-        images = np.stack([load_image(f, resolution) for f in files])
-        scores = score_images(evaluator, images, [p for p, _ in names], cat.name)
-        rows += [{"category": cat.name, "prompt": p, "idx": i, "file": f"{cat.name}/{f.name}", "score": 100.0 * s}
-                 for (p, i), f, s in zip(names, files, scores)]
+        records = read_compbench_images(cat)
+        for i in range(0, len(records), chunk):
+            part = records[i:i + chunk]
+            images = np.stack([load_image(r["file"], resolution) for r in part])
+            scores = scorer.score_images(images, [r["prompt"] for r in part], cat.name)
+            rows += [{"category": cat.name, "prompt": r["prompt"], "idx": r["idx"],
+                      "file": Path(r["file"]).relative_to(folder).as_posix(), "score": 100.0 * s}
+                     for r, s in zip(part, scores)]
     return pd.DataFrame(rows)
-

@@ -1,8 +1,12 @@
-"""Image folders for evaluation, named the way T2I-CompBench names them.
+"""Image folders for evaluation, laid out and named the way T2I-CompBench's generator does.
 
-CompBench images are ``<out>/<category>/<prompt>_<6-digit index>.png``, one
-folder per category, so T2I-CompBench's official evaluators can score the same
-folders at real scale. Image ``idx`` of every prompt uses seed ``seed + idx``.
+CompBench images are ``<out>/<category>/samples/<prompt>_<6-digit index>.png``. As in its
+generator, the index is one running counter over a category's folder, in prompt-file
+order, n images per prompt line: T2I-CompBench's evaluators read it as the image's
+question_id, and its 3-in-1 script pairs the complex scores with ``complex_val.txt`` by
+position, in blocks of 10 (so use 10 images per prompt for it). A prompt that repeats in
+the file gets its own images, with fresh seeds: image i of the k-th occurrence of a prompt
+uses seed ``seed + k * n + i`` (``seed + i`` for a prompt that occurs once).
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from .sample import decode, generate
 
 log = logging.getLogger(__name__)
 
+SAMPLES = "samples"  # T2I-CompBench's evaluators read <out_dir>/samples/
+
 
 def image_name(prompt: str, idx: int) -> str:
     if "/" in prompt:
@@ -30,20 +36,30 @@ def image_name(prompt: str, idx: int) -> str:
     return f"{prompt}_{idx:06d}.png"
 
 
+def compbench_jobs(prompts: list[str], n_per_prompt: int, seed: int) -> list[tuple[str, int, int]]:
+    """(prompt, index, seed) of every image of a category, in T2I-CompBench's order and numbering."""
+    seen: dict[str, int] = {}
+    jobs = []
+    for j, p in enumerate(prompts):
+        k = seen.get(p, 0)
+        seen[p] = k + 1
+        jobs += [(p, j * n_per_prompt + i, seed + k * n_per_prompt + i) for i in range(n_per_prompt)]
+    return jobs
+
+
 def compbench_folder(backbone: Backbone, prompt_files: dict[str, str], out_dir, n_per_prompt: int, seed: int,
                      steps: int = 25, guidance_scale: float = 5.0, batch_size: int = 64, model_fn=None,
                      solver: str = "first_order", timesteps: list[int] | None = None, precision: str = "fp32") -> None:
-    """Generate `n_per_prompt` images for every prompt of every category's val file."""
+    """Generate `n_per_prompt` images for every line of every category's prompt file."""
     with atomic_dir(out_dir) as tmp:
         for category, path in prompt_files.items():
-            prompts = read_prompts(path)
-            jobs = [(p, i) for p in prompts for i in range(n_per_prompt)]
-            images = generate(backbone, [p for p, _ in jobs], [seed + i for _, i in jobs], steps=steps,
+            jobs = compbench_jobs(read_prompts(path), n_per_prompt, seed)
+            images = generate(backbone, [p for p, _, _ in jobs], [s for _, _, s in jobs], steps=steps,
                               guidance_scale=guidance_scale, batch_size=batch_size, model_fn=model_fn,
                               desc=f"sampling {category}", solver=solver, timesteps=timesteps,
                               precision=precision)
-            for (p, i), img in zip(jobs, images):
-                save_png(Path(tmp) / category / image_name(p, i), img)
+            for (p, idx, _), img in zip(jobs, images):
+                save_png(Path(tmp) / category / SAMPLES / image_name(p, idx), img)
 
 
 # beside a caption folder's images, when asked for; not .npy, which clean-fid would read as an image

@@ -22,14 +22,21 @@ from .objectives import DiffusionObjective, UniformTimesteps
 
 
 def load_task_data(latents_path, labels_path) -> tuple[dict, dict]:
-    """Cached latents + captions, and a per-sample weight where labels carry a GORS reward."""
+    """Cached latents + captions, and where labels carry a GORS reward, a per-sample loss factor: "weight" (the loss
+    is the reward-weighted mean) or, for rows with reward_loss "mean" (T2I-CompBench's GORS), "reward" (the loss
+    is the batch mean of reward * mse)."""
     lat = load_file(str(latents_path))
     labels = read_labels(labels_path)
     if len(labels) != len(lat["mean"]):
         raise DataError(f"{latents_path}: {len(lat['mean'])} latents but {len(labels)} labels in {labels_path}")
     tensors = {"latent_mean": lat["mean"], "latent_std": lat["std"]}
     if all("reward" in r for r in labels):
-        tensors["weight"] = torch.tensor([float(r["reward"]) for r in labels])
+        forms = {r.get("reward_loss", "weighted_mean") for r in labels}
+        if len(forms) > 1 or not forms <= {"weighted_mean", "mean"}:
+            raise DataError(f"{labels_path}: reward_loss must be one of weighted_mean, mean for all rows, "
+                            f"found {sorted(forms)}")
+        key = "reward" if forms == {"mean"} else "weight"
+        tensors[key] = torch.tensor([float(r["reward"]) for r in labels])
     return tensors, {"caption": [r["caption"] for r in labels]}
 
 
@@ -80,6 +87,6 @@ def train_expert(backbone: Backbone, es: ExpertSet, interval: int, lora_cfg: dic
         save_lora(tmp, backbone, name, spec, extra={"expert_set": es.name, "interval": interval,
                                                     "t_range": [lo, hi], "num_train_timesteps": T})
         stats.update(expert_set=es.name, interval=interval, t_range=[lo, hi], train_samples=len(extra["caption"]),
-                     weighted=("weight" in tensors), model_params=model_params(backbone), family=backbone.family)
+                     weighted=("weight" in tensors or "reward" in tensors), model_params=model_params(backbone), family=backbone.family)
         write_json(Path(tmp) / "stats.json", stats)
     return stats

@@ -77,7 +77,8 @@ class DiffusionObjective(nn.Module):
     """Denoising loss on cached latents with caption dropout (for classifier-free guidance).
 
     batch: "latent_mean", "latent_std" (scaled latents' posterior), "caption" (list of str),
-    optional "weight" (per-sample loss weight, e.g. a GORS reward).
+    optional "weight" (per-sample weights of a weighted mean, e.g. a GORS reward) or "reward" (a per-sample
+    factor of an ordinary mean: T2I-CompBench's GORS loss mean(reward * mse)).
     With a `teacher` (a frozen copy of the pre-trained denoiser), the loss adds DeMe's consistency
     term `consistency_weight * ||pred - teacher_pred||^2` (supplement Eq. 9), weighted per sample alike.
     """
@@ -117,6 +118,8 @@ class DiffusionObjective(nn.Module):
                 ref = self.backbone.predict(xt, t, cond, denoiser=self.teacher)
             per_sample = per_sample + self.consistency_weight * F.mse_loss(
                 pred.float(), ref.float(), reduction="none").mean(dim=(1, 2, 3))
+        if "reward" in batch:
+            return (per_sample * batch["reward"]).mean()
         w = batch.get("weight")
         if w is None:
             return per_sample.mean()
