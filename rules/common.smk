@@ -261,8 +261,18 @@ _clip = config["evaluation"].get("clip") or {}
 if _offline and _clip.get("pretrained") and not _clip.get("local_files_only"):
     raise ValueError(f"config key evaluation.clip.local_files_only: the offline backbones {_offline} need the CLIP "
                      f"scorer {_clip['pretrained']!r} from a local directory or the HF cache (local_files_only: true)")
+
+
+def _uses_t2i_compbench(spec):
+    """A paper model's run scored on T2I-CompBench, or trained on GORS images of its prompts."""
+    return spec["backbone"] in REAL_BACKBONES and ("compbench" in spec.get("evaluate", ["compbench", "fid"])
+                                                   or any(ExpertSet.parse(n).task == "gors"
+                                                          for n in run_expert_sets(spec)))
+
+
+T2I_RUNS = [r for r, s in RUNS.items() if _uses_t2i_compbench(s)]  # what needs config t2i_compbench
 _scorers = (config.get("t2i_compbench") or {}).get("scorers", {})
-if _offline and _scorers and not _scorers.get("local_files_only"):
+if T2I_RUNS and _offline and not _scorers.get("local_files_only"):
     raise ValueError(f"config key t2i_compbench.scorers.local_files_only: the offline backbones {_offline} need "
                      "T2I-CompBench's scorers from local directories or the HF cache (local_files_only: true)")
 # a paper model's data paths are checked as the DAG is built: placeholders fail a dry run, naming the key
@@ -271,7 +281,7 @@ for _b in REAL_BACKBONES:
         check_image_text_paths(config["backbones"][_b]["data"], f"backbones.{_b}.data")
 if REAL_BACKBONES:
     check_coco_paths(config["coco"])
-if REAL_BACKBONES and "t2i_compbench" in config:
+if T2I_RUNS:
     check_t2i_compbench_paths(config["t2i_compbench"])
 
 

@@ -42,7 +42,7 @@ def test_tiny_sd15_domain_adaptation_on_t2i_compbench_through_the_stage_rules(sn
     write_fixture_data(tmp_path)
     config = tiny_config(root, tmp_path)
     cfg = yaml.safe_load(config.read_text())
-    cfg["t2i_compbench"] = {"prompts": str(write_t2i_compbench_prompts(tmp_path / "t2i")),
+    cfg["t2i_compbench"] = {"prompts": str(write_t2i_compbench_prompts(tmp_path / "t2i_compbench")),
                             "scorers": save_tiny_scorers(tmp_path / "scorers")}
     # their recipe: two tiers split at line 1, a strict >; at 0, every image that scores anything is kept
     cfg["gors"].update(images_per_prompt=2, tier_split=1,
