@@ -189,7 +189,8 @@ def _distill_cfg(kind, steps=2):
 
 
 @pytest.mark.parametrize("arch,objective,kind", [("unet", "eps", "lorad"), ("unet", "eps", "full"),
-                                                 ("mmdit", "flow", "dora")])
+                                                 ("mmdit", "flow", "dora"), ("dit", "eps", "lorad"),
+                                                 ("mmdit", "flow", "lorad")])
 def test_distill_student_trains_saves_a_merged_student_that_samples(tmp_path, mini_backbone, arch, objective, kind):
     from conftest import _mini_components
     den, vae, text = _mini_components(tmp_path / "parts", arch, objective)

@@ -136,3 +136,19 @@ def test_a_table_may_name_the_paper_column_a_metric_reads(tmp_path):
     assert build_table(decl, metrics, tmp_path)["#Params (M) [WaDi Table main]"].tolist() == ["860"]
     named = build_table({**decl, "paper_metrics": {"trainable_params_m": "Trainable params (M)"}}, metrics, tmp_path)
     assert named["Trainable params (M) [WaDi Table main]"].tolist() == ["83.80"]
+
+
+def test_wadi_rank_reads_the_student_and_the_fake_score_sizes_apart():
+    """WaDi Table 3 prints the student's and the fake model's sizes; a distilled run's metrics carry both
+    (`trainable_summary` from the student's stats.json), each beside its own paper column."""
+    from tsmflow.reporting.tables import trainable_summary
+    stats = [{"student_trainable_params": 3_000_000, "fake_trainable_params": 250_000, "model_params": 6_000_000}]
+    m = trainable_summary({"method": "distill", "backbone": "unet", "student": "s"}, stats)
+    assert m["trainable_params_m"] == 3.0 and m["fake_params_m"] == 0.25 and m["trainable_pct"] == 50.0
+    decl = {"title": "t", "paper_table": "wadi_table_rank", "columns": ["trainable_params_m", "fake_params_m"],
+            "paper_metrics": {"trainable_params_m": "Student #Params (M)", "fake_params_m": "Fake model #Params (M)"},
+            "rows": [{"run": "e", "label": "E", "paper_row": "E", "paper_setting": "student_rank=256;fake_rank=16"}]}
+    row = build_table(decl, {"e": m}).iloc[0]
+    assert row["Trainable params (M)"] == "3.0000" and row["Fake score params (M)"] == "0.2500"
+    assert row["Student #Params (M) [WaDi Table rank]"] == "83.80"
+    assert row["Fake model #Params (M) [WaDi Table rank]"] == "4.69"

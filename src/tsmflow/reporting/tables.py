@@ -25,6 +25,7 @@ PAPER_METRIC = {
     "norm_change": ("NM",), "direction_change": ("DM",), "precision": ("Precision",), "recall": ("Recall",),
     "clip_score": ("CLIP-Score", "CLIP"),
     "trainable_params_m": ("#Params (M)", "Trainable params (M)", "N_params (M)"),
+    "fake_params_m": ("Fake model #Params (M)",),
     "denoiser_params_m": ("#Parameters (M)",), "patched_params_m": ("#Parameters (M)",),
     **{f"{k}_{s}": (s.capitalize(),) for k in ("correlation", "similarity") for s in ("max", "min", "mean", "std")},
 }
@@ -40,6 +41,7 @@ METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spati
                 "trainable_params": "Trainable params", "trainable_pct": "Trainable (%)", "nfe": "NFEs",
                 "norm_change": "Norm change NM (%)", "direction_change": "Direction change DM (%)",
                 "trainable_params_m": "Trainable params (M)", "precision": "Precision", "recall": "Recall",
+                "fake_params_m": "Fake score params (M)",
                 "clip_score": "CLIP score",
                 "train_wall_s": "Training wall (s)", "patch_fid": "Patch-FID (shapes features)",
                 "denoiser_params_m": "Denoiser params (M)", "patched_params_m": "With DMP (M)",
@@ -48,7 +50,8 @@ METRIC_LABEL = {"color": "Color", "shape": "Shape", "texture": "Texture", "spati
                 "spatial_bias_std": "Spatial bias (std over timesteps)",
                 **{f"{k}_{s}": f"{k.capitalize()} {s}" for k in ("correlation", "similarity")
                    for s in ("max", "min", "mean", "std")}}
-DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "train_wall_s": 0,
+DIGITS = {"trainable_params": 0, "trainable_pct": 4, "nfe": 0, "trainable_params_m": 4, "fake_params_m": 4,
+          "train_wall_s": 0,
           "clip_score": 4, "denoiser_params_m": 4, "patched_params_m": 4, "param_increase_pct": 2, "n_latents": 0,
           "temporal_bias_std": 6, "spatial_bias_std": 6,
           **{f"{k}_{s}": 4 for k in ("correlation", "similarity") for s in ("max", "min", "mean", "std")}}
@@ -176,7 +179,8 @@ def trainable_summary(spec: dict, stats: list[dict]) -> dict:
     tsm2: the routers only (the experts are frozen); moe_lora: experts and router;
     finetune: what the job trained (all denoiser weights, or prompts and gate); DeMe: every range model;
     distill: the student's adapter (or all its weights; all experts of a TSM 1-stage student, the routers of a
-    2-stage one, as tsm1 and tsm2 count), not the fake score's, which sampling never uses.
+    2-stage one, as tsm1 and tsm2 count), not the fake score's, which sampling never uses (`fake_params_m`
+    gives it apart, as WaDi Table 3 does).
     `stats` are the stats.json of the run's expert dirs and router dir.
     """
     counts = method_of(spec).counts
@@ -185,7 +189,8 @@ def trainable_summary(spec: dict, stats: list[dict]) -> dict:
     if counts == "student":
         n = stats[0]["student_trainable_params"]
         return {"trainable_params": int(n), "trainable_params_m": n / 1e6,
-                "trainable_pct": 100.0 * n / stats[0]["model_params"]}
+                "trainable_pct": 100.0 * n / stats[0]["model_params"],
+                "fake_params_m": stats[0]["fake_trainable_params"] / 1e6}
     if counts == "routers":
         n = sum(s["trainable_params"] for s in stats if "router_params" in s)
     else:
