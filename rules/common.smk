@@ -488,11 +488,13 @@ def get_student_dir(name):
 
 def get_student_inputs(wildcards):
     """The teacher (the backbone's pre-trained denoiser) and the prompts: the pre-training data's captions (a paper
-    model's: its post-pretraining data's); for a TSM 2-stage student, also the students whose experts it routes
-    over (core and context)."""
+    model's: its post-pretraining data's), with their latents where the student has DMD2's GAN phase; for a TSM
+    2-stage student, also the students whose experts it routes over (core and context)."""
     d = STUDENTS[wildcards.student]
-    data = get_image_text_data(d["backbone"])["data"] if d["backbone"] in REAL_BACKBONES else get_split_dir("train")
-    inputs = {**_backbone_inputs(d["backbone"]), "data": data}
+    data = get_task_data("post", d["backbone"])
+    inputs = {**_backbone_inputs(d["backbone"]), "data": data["data"]}
+    if d.get("gan"):
+        inputs["latents"] = data["latents"]
     if d["adapter"] == "tsm2":
         inputs.update(core=get_student_dir(d["core"]), context=[get_student_dir(c) for c in d.get("context", [])])
     return inputs

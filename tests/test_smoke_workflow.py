@@ -185,6 +185,10 @@ def test_a_tsm_2_stage_student_routes_over_frozen_experts_and_counts_only_its_ro
     routers = load_file(res / "students/unet-4step-tsm2/router.safetensors")
     assert m["trainable_params"] == two["student_trainable_params"] == sum(v.numel() for v in routers.values()) > 0
     assert one["student_trainable_params"] > 0
+    # its context student ran DMD2's GAN phase on the split's latents (config smoke: students.unet-4step-lora-r2)
+    context = json.loads((res / "students/unet-4step-lora-r2/stats.json").read_text())
+    assert context["gan"]["fake_weight"] == 0.01
+    assert (res / "students/unet-4step-lora-r2/gan_head.safetensors").is_file()
     names = sorted(p.name for p in (res / "students/unet-4step-tsm2/experts").iterdir())
     assert names == ["context0_0", "core0", "core1", "core2", "core3"]
     assert (res / "students/unet-4step-tsm2/router.safetensors").is_file()

@@ -18,8 +18,12 @@ with fresh noise (`sampling.sample`'s "renoise" solver). Training simulates that
 before it run without gradients, and the student step at t_k gets the loss (DMD2's backward simulation).
 
 Flow models (the mmdit) take the same loss: x0 comes from the velocity, x0 = x_t - s v, and re-noising is the flow
-interpolation; nothing else changes. DMD2's GAN head (its second phase) is not built; it would add a phase that
-trains a head on the fake model's features, with a term in the student's loss.
+interpolation; nothing else changes.
+
+DMD2's second phase, its GAN, is the student's optional `gan` key (`training.gan`): a realism head on the fake
+score's bottleneck, trained with the fake score on real latents against the student's samples, and a generator
+term in the student's loss. Only then does the stage read images: the backbone's training latents, each with its
+own caption (the batches' prompts are then those captions).
 
 TSM's distillation (Sup. A.3) has two routed adapters, which are not merged into one denoiser:
 
@@ -58,6 +62,7 @@ from ..runs import ROUTER_CONFIG, ROUTER_WEIGHTS
 from ..students import scaled_timesteps
 from .experts import freeze, model_params
 from .finetune import save_denoiser
+from .gan import FeatureTap, GanSpec, RealismHead, bottleneck, classifier_loss, generator_loss
 from .loop import TrainConfig, infinite_batches, resumable_output, seeded, train
 from .objectives import noisy_and_target, predicted_x0
 
@@ -190,7 +195,7 @@ class DMDObjective(nn.Module):
 
     def __init__(self, backbone: Backbone, student: nn.Module, fake: nn.Module, teacher: nn.Module,
                  timesteps: list[int], guidance_scale: float, dm_t_range: tuple[float, float] = (0.02, 0.98),
-                 student_router: ExpertMixture | None = None):
+                 student_router: ExpertMixture | None = None, gan: GanSpec | None = None):
         super().__init__()
         self.student, self.fake = student, fake
         self.student_router = student_router  # a routed student's experts: told each student call's t
@@ -199,6 +204,14 @@ class DMDObjective(nn.Module):
         self.backbone, self.timesteps, self.guidance_scale = backbone, list(timesteps), guidance_scale
         T = backbone.num_train_timesteps
         self.dm_lo, self.dm_hi = int(dm_t_range[0] * T), int(dm_t_range[1] * T)
+        self.gan, self.head, self.tap = gan, None, None
+        if gan is not None:  # the head's input size is the bottleneck's: one probe call finds it
+            self.tap = FeatureTap(bottleneck(fake))
+            with torch.no_grad():
+                cond = backbone.encode([""])
+                x = torch.zeros(1, *backbone.latent_shape, device=cond["hidden"].device)
+                backbone.predict(x, torch.zeros(1, dtype=torch.long, device=x.device), cond, denoiser=fake)
+            self.head = RealismHead(tuple(self.tap.take().shape[1:]))
 
     def x0(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         bb = self.backbone
@@ -220,6 +233,13 @@ class DMDObjective(nn.Module):
         with torch.set_grad_enabled(grad):
             return self.student_x0(x, at[k], cond)
 
+    def realism(self, x0: torch.Tensor, cond: dict) -> torch.Tensor:
+        """The GAN head's logits for latents x0, read from the fake score at a random noise level below max_t."""
+        t = torch.randint(0, max(1, int(self.gan.max_t * self.backbone.num_train_timesteps)), (len(x0),),
+                          device=x0.device)
+        self.backbone.predict(self.noised(x0, t), t, cond, denoiser=self.fake)
+        return self.head(self.tap.take())
+
     def student_x0(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         if self.student_router is not None:
             self.student_router.set_timesteps(t)
@@ -239,7 +259,11 @@ class DMDObjective(nn.Module):
             xt, target = noisy_and_target(self.backbone.noise_scheduler, self.backbone.objective, x0,
                                           torch.randn_like(x0), t)
             pred = self.backbone.predict(xt, t, cond, denoiser=self.fake)
-            return F.mse_loss(pred.float(), target.float())
+            loss = F.mse_loss(pred.float(), target.float())
+            if self.gan is not None:
+                real = batch["latent_mean"] + batch["latent_std"] * torch.randn_like(batch["latent_mean"])
+                loss = loss + self.gan.fake_weight * classifier_loss(self.realism(real, cond), self.realism(x0, cond))
+            return loss
         if phase != "student":
             raise ValueError(f"unknown distillation phase {phase!r}")
         x0 = self.student_sample(cond, n, grad=True)
@@ -253,10 +277,13 @@ class DMDObjective(nn.Module):
             fake = self.x0(self.fake, xt, t, cond)
             weight = 1.0 / (x0.detach() - real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
             grad = torch.nan_to_num((fake - real) * weight)
-        return 0.5 * F.mse_loss(x0.float(), (x0 - grad).detach().float())
+        loss = 0.5 * F.mse_loss(x0.float(), (x0 - grad).detach().float())
+        if self.gan is not None and self.gan.student_weight > 0:
+            loss = loss + self.gan.student_weight * generator_loss(self.realism(x0, cond))
+        return loss
 
 
-def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir) -> dict:
+def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir, real: dict | None = None) -> dict:
     """Distil `backbone`'s denoiser (the teacher) into a student; writes the student and its fake score's adapter.
 
     cfg: `student` and `fake` (AdapterSpec fields; `fake` also its `lr`), `timesteps` (on 1000 steps),
@@ -265,7 +292,8 @@ def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir)
     ({core, context, router_input}: the student directories it routes over). out_dir gets stats.json, loss.csv
     (with loss_student and loss_fake), `fake/` (unless the fake is full) and either a diffusers denoiser (the
     student, adapters merged), `adapter/` (unless full) and weight_change.csv, or, for a routed student (tsm, tsm2),
-    `experts/`, router.json and router weights.
+    `experts/`, router.json and router weights. With `gan` (GanSpec fields): `real` holds the training latents
+    ("latent_mean", "latent_std"), one per caption, and out_dir also `gan_head.safetensors`.
     """
     ratio = int(cfg["fake_updates_per_student"])
     phases = ["fake"] * ratio + ["student"]
@@ -291,14 +319,21 @@ def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir)
         student, student_params = adapted_copy(teacher, student_spec, "student")
     fake, fake_params = adapted_copy(teacher, fake_spec, "fake", init=fake_init, prefix=prefix)
     timesteps = scaled_timesteps(cfg["timesteps"], T)
+    gan = GanSpec(**cfg["gan"]) if cfg.get("gan") else None
     objective = DMDObjective(backbone, student, fake, teacher, timesteps, cfg["guidance_scale"],
-                             student_router=router)
+                             student_router=router, gan=gan)
+    head_params = list(objective.head.parameters()) if gan else []  # trained with the fake score, as DMD2's
     groups = [{"params": student_params, "phase": "student"},
-              {"params": fake_params, "lr": cfg["fake"]["lr"], "phase": "fake"}]
+              {"params": fake_params + head_params, "lr": cfg["fake"]["lr"], "phase": "fake"}]
     if not captions:
         raise ValueError("distillation needs prompts: the caption list is empty")
-    batches = infinite_batches({"index": torch.arange(len(captions))}, tcfg.batch_size, tcfg.seed,
-                               extra={"caption": list(captions)})
+    tensors = {"index": torch.arange(len(captions))}
+    if gan is not None:
+        if real is None or len(real.get("latent_mean", [])) != len(captions):
+            raise ValueError(f"gan: needs one real latent per caption ({len(captions)}), got "
+                             f"{None if real is None else len(real.get('latent_mean', []))}")
+        tensors.update(latent_mean=real["latent_mean"], latent_std=real["latent_std"])
+    batches = infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra={"caption": list(captions)})
     desc = f"distil {len(timesteps)}-step {student_spec.kind} student"
     with resumable_output(out_dir) as (tmp, ckpt):
         stats = train(objective, groups, batches, tcfg, tmp / "loss.csv", desc=desc,
@@ -306,6 +341,11 @@ def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir)
         extra = {"arch": backbone.arch}
         if fake_spec.kind != "full":
             save_adapter(tmp / "fake", {prefix: fake}, "fake", fake_spec.lora(), extra)
+        if gan is not None:
+            objective.tap.remove()
+            save_file({k: v.detach().contiguous().cpu() for k, v in objective.head.state_dict().items()},
+                      str(tmp / "gan_head.safetensors"), metadata={"format": "pt"})
+            stats["gan"] = vars(gan)
         if router is not None:
             router.remove()
             save_routed(tmp, student, prefix, router, student_spec.lora() if student_spec.kind == "tsm" else None,
@@ -337,6 +377,7 @@ def student_config(defaults: dict, student: dict) -> dict:
                         "experts": student.get("experts", 0), "alpha": student.get("alpha")},
             "fake": {"targets": targets, **defaults["fake"], **student.get("fake", {})},
             "timesteps": student["timesteps"], "steps": student["steps"], "seed": student.get("seed", 0),
+            "gan": student.get("gan"),
             "guidance_scale": student.get("guidance_scale", defaults["guidance_scale"]),
             "fake_updates_per_student": student.get("fake_updates_per_student", defaults["fake_updates_per_student"]),
             "train": {**defaults["train"], **student.get("train", {})}}
