@@ -291,7 +291,7 @@ wildcard_constraints:
     run="|".join(RUNS),
     table="|".join(TABLES),
     part="|".join(PARTS),
-    feature_space="shapes|patch|inception",
+    feature_space="shapes|patch|inception|inception_patch",
     expert_set=EXPERT_SET,
     interval=r"\d+",
     range=r"\d+",
@@ -620,13 +620,15 @@ def get_run_eval_inputs(wildcards):
               "fid_reference": get_fid_reference(backbone)}
     if get_clip_params() == {}:  # CLIP score by the workflow's own CLIP
         inputs["clip"] = get_model_dir("clip_scorer")
+    fid = config["evaluation"]["fid"]
     if backbone in REAL_BACKBONES:  # COCO captions and images; Inception features; T2I-CompBench's scorers
         if "compbench" in run_evaluations(wildcards.run):
             inputs["prompts"] = get_compbench_prompts(backbone, "val")
+        if fid.get("patch_fid"):  # Patch-FID of the same samples, on Inception
+            inputs["patch_reference"] = get_fid_reference(backbone, "inception_patch")
         return {**inputs, "reference": get_coco_reference()}
     inputs.update(reference=get_split_dir(get_world_split("reference", backbone)), evaluator=get_model_dir("evaluator"),
                   validation=f"{RESULTS}/evaluator/validation.json")
-    fid = config["evaluation"]["fid"]
     if fid.get("patch_fid") and fid["feature_space"] == "shapes":  # Patch-FID of the same samples
         inputs["patch_reference"] = get_fid_reference(backbone, "patch")
     if "compbench" in run_evaluations(wildcards.run):

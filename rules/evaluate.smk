@@ -156,7 +156,8 @@ use rule fid_reference_stats as fid_reference_stats_coco with:
         stats=f"{RESULTS}/data/fid_reference_coco_{{feature_space}}.npz",
     params:
         inception_weights=get_inception_weights,
-        keep_features=False,  # FID-30K's 40K x 2048 features would take 660 MB: no precision/recall here
+        # precision/recall need the reference's own features: 40K x 2048 in float32 (330 MB) for COCO2014 val
+        keep_features=config["evaluation"]["fid"].get("precision_recall", False),
     log:
         get_log("fid_reference_stats_coco", "{feature_space}"),
     benchmark:

@@ -46,8 +46,10 @@ caption_folder(bb, captions[: p.fid["n_samples"]], out.fid_samples, p.seed, late
 fid = fid_record(evaluator if space in ("shapes", "patch") else None, out.fid_samples, inp.fid_reference, space,
                  validated, n_boot=p.fid["n_boot"], seed=p.seed, inception_weights=p.fid.get("inception_weights"))
 if "patch_reference" in inp.keys():  # Patch-FID: the same samples' quadrants, the same features
-    fid["patch"] = fid_record(evaluator, out.fid_samples, inp.patch_reference, "patch", validated,
-                              n_boot=p.fid["n_boot"], seed=p.seed)
+    patch = "inception_patch" if space == "inception" else "patch"
+    fid["patch"] = fid_record(evaluator if patch == "patch" else None, out.fid_samples, inp.patch_reference, patch,
+                              validated, n_boot=p.fid["n_boot"], seed=p.seed,
+                              inception_weights=p.fid.get("inception_weights"))
 if p.clip is not None:  # CLIP score of the same samples
     scorer = load_clip_scorer(p.clip, getattr(inp, "clip", None))
     scorer.model.to(bb.device)

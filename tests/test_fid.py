@@ -155,3 +155,28 @@ def test_inception_features_load_from_the_configured_local_file_and_a_missing_on
                                                   inception_weights=other))
     with pytest.raises(DataError, match=r"fid\.inception_weights"):
         folder_features(None, folders["a"], feature_space="inception", inception_weights=tmp_path / "absent.pt")
+
+
+def test_quadrant_mosaic_resizes_each_quadrant_to_inceptions_size_by_clean_fids_resizer():
+    from cleanfid.resize import make_resizer
+    from tsmflow.evaluation.fid import INCEPTION_SIZE, quadrant_mosaic
+    img = np.zeros((36, 40, 3), np.uint8)  # odd sizes, as COCO's are: quadrants of 18 x 20
+    img[:18, :20], img[:18, 20:], img[18:, :20], img[18:, 20:] = (255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9)
+    img[2, 3] = (200, 100, 50)  # a detail of the first quadrant, kept at its resolution
+    m = quadrant_mosaic(img)
+    s = INCEPTION_SIZE
+    assert m.shape == (2 * s, 2 * s, 3) and m.dtype == np.float32
+    clean = make_resizer("PIL", False, "bicubic", (s, s))
+    assert np.array_equal(m[:s, :s], clean(img[:18, :20]))
+    for (i, j), colour in zip([(0, s), (s, 0), (s, s)], [(0, 255, 0), (0, 0, 255), (9, 9, 9)]):
+        assert np.allclose(m[i:i + s, j:j + s], colour, atol=1e-3)
+
+
+def test_patch_fid_on_inception_features_every_quadrant(tmp_path, folders):
+    """Patch-FID at real scale: 4 Inception feature rows per image, each the network's reading of one quadrant."""
+    from conftest import save_inception_stand_in
+    weights = save_inception_stand_in(tmp_path / "inception.pt")
+    whole = folder_features(None, folders["a"], num=8, feature_space="inception", inception_weights=weights)
+    patches = folder_features(None, folders["a"], num=8, feature_space="inception_patch", inception_weights=weights)
+    assert patches.shape == (32, 2048) and np.isfinite(patches).all()
+    assert not np.allclose(patches[:8], whole) and not np.allclose(patches[:8], patches[8:16])

@@ -425,6 +425,9 @@ def test_tiny_sd15_in_half_precision_distils_lorad_lora_and_tsm_students_through
     for run in ["base_sd15", "dmd4_lora_sd15", "dmd4_tsm1_sd15", "dmd4_tsm2_sd15", "wadi_lorad_sd15"]:
         fid = json.loads((res / f"runs/{run}/fid.json").read_text())
         assert fid["feature_space"] == "inception" and fid["n_samples"] == 4 and np.isfinite(fid["fid"]), run
+        # Patch-FID on Inception (4 quadrants per sample) and precision/recall on the kept COCO features
+        assert fid["patch"]["feature_space"] == "inception_patch" and fid["patch"]["n_samples"] == 16, run
+        assert 0 <= fid["precision"] <= 1 and 0 <= fid["recall"] <= 1, run
     table = pd.read_csv(res / "tables/tsm_table6.csv", dtype=str).set_index("runs")
     assert table.loc["dmd4_tsm1_sd15", "NFEs"] == "4" and table.loc["dmd4_tsm2_sd15", "FID [TSM Table 6]"] == "9.90"
     wadi = pd.read_csv(res / "tables/wadi_main.csv", dtype=str).set_index("runs")

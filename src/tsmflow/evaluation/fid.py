@@ -64,7 +64,32 @@ def _device(device=None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-FEATURE_SPACES = ("shapes", "patch", "inception")
+FEATURE_SPACES = ("shapes", "patch", "inception", "inception_patch")
+INCEPTION_SIZE = 299
+
+
+def quadrant_mosaic(img: np.ndarray) -> np.ndarray:
+    """clean-fid's resize for Patch-FID on Inception: each of the image's four quadrants to 299 x 299 by clean-fid's
+    own "clean" resizer (PIL bicubic on float channels), tiled 2 x 2 into one (598, 598, 3) array."""
+    from cleanfid.resize import make_resizer
+    resize = make_resizer("PIL", False, "bicubic", (INCEPTION_SIZE, INCEPTION_SIZE))
+    h, w = img.shape[0] // 2, img.shape[1] // 2
+    tiles = [resize(img[i:i + h, j:j + w]) for i in (0, h) for j in (0, w)]
+    return np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0)
+
+
+class PatchInception(nn.Module):
+    """Inception features of each tile of `quadrant_mosaic`'s output: (B, 3, 598, 598) -> (4B, 2048), quadrant by
+    quadrant, as FeatureExtractor(patches=True) orders them."""
+
+    def __init__(self, inception: nn.Module):
+        super().__init__()
+        self.inception = inception
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = INCEPTION_SIZE
+        return self.inception(torch.cat([x[..., i:i + s, j:j + s] for i in (0, s) for j in (0, s)]))
 
 
 INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's TorchScript Inception-V3, as NVIDIA publishes it
@@ -97,7 +122,8 @@ def folder_features(model: Detector | None, folder, batch_size: int = 128, num: 
 
     feature_space "shapes": the evaluator's penultimate features (`model` required);
     "patch": the same features of each image's four quadrants (Patch-FID);
-    "inception": clean-fid's standard Inception-V3, from `inception_weights` (a local file) or downloaded.
+    "inception": clean-fid's standard Inception-V3, from `inception_weights` (a local file) or downloaded;
+    "inception_patch": Patch-FID on it, each image's four quadrants resized to Inception's 299 by clean-fid.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -110,8 +136,10 @@ def folder_features(model: Detector | None, folder, batch_size: int = 128, num: 
             raise ValueError(f"FID in the {feature_space} feature space needs the evaluator model")
         extractor = FeatureExtractor(model.to(dev), patches=feature_space == "patch").to(dev)
         resize = _native if native else None
-    else:
+    elif feature_space == "inception":
         extractor, resize = inception_extractor(inception_weights, dev), None
+    else:
+        extractor, resize = PatchInception(inception_extractor(inception_weights, dev)), quadrant_mosaic
     try:
         # num_workers=0: the workflow runs this inside jobs that already own their cores
         return cfid.get_folder_features(str(folder), extractor, num_workers=0, num=num, batch_size=batch_size,
@@ -150,8 +178,10 @@ def precision_recall(generated: np.ndarray, reference: np.ndarray, neighborhood:
         if len(f) <= neighborhood:
             raise DataError(f"precision/recall with k={neighborhood} needs more than {neighborhood} {name} "
                             f"samples, got {len(f)}")
-    out = prc_features_to_metric(torch.from_numpy(np.asarray(generated, np.float32)),
-                                 torch.from_numpy(np.asarray(reference, np.float32)), prc_neighborhood=neighborhood,
+    dev = _device()  # FID-30K's 30K x 40K distances: on the GPU where there is one
+    out = prc_features_to_metric(torch.from_numpy(np.asarray(generated, np.float32)).to(dev),
+                                 torch.from_numpy(np.asarray(reference, np.float32)).to(dev),
+                                 prc_neighborhood=neighborhood,
                                  prc_batch_size=10000, save_cpu_ram=False, verbose=False)
     return {"precision": out["precision"], "recall": out["recall"], "prc_neighborhood": neighborhood}
 
