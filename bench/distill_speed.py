@@ -2,6 +2,7 @@
 
 - a student update (DMD: `fake_updates_per_student` fake-score steps, then one student step) against a LoRA
   fine-tuning step, for the one-step and the 4-step student, and the 4-step TSM 1-stage student (4 experts);
+  the 4-step student's update with DMD2's GAN phase (config `gan` defaults) against without;
 - one-step and 4-step student sampling (renoise) against the teacher's (config `sampling`, with guidance), and the
   TSM student's (the active expert merged per step) against the merged 4-step student's;
 - a LoRaD denoiser forward against a LoRA forward of the same rank, unmerged and merged.
@@ -58,6 +59,7 @@ def _distill_cfg(cfg: dict, steps: list[int]) -> dict:
 def _train(case: str, arch: str, device: str, n: int, batch: int) -> dict:
     from tsmflow.students import scaled_timesteps
     from tsmflow.training.distill import AdapterSpec, DMDObjective, adapted_copy, expert_student
+    from tsmflow.training.gan import GanSpec
     from tsmflow.training.experts import freeze, lora_spec
     from tsmflow.adapters.lora import DENOISER_PREFIX, add_lora
     from tsmflow.training.objectives import DiffusionObjective
@@ -86,10 +88,15 @@ def _train(case: str, arch: str, device: str, n: int, batch: int) -> dict:
     else:
         student, sp = adapted_copy(bb.denoiser, AdapterSpec(**d["student"]), "student")
     fake, fp = adapted_copy(bb.denoiser, AdapterSpec(**{x: v for x, v in d["fake"].items() if x != "lr"}), "fake")
+    gan = GanSpec() if case == "student_update_4step_gan" else None
     obj = DMDObjective(bb, student, fake, bb.denoiser, scaled_timesteps(d["timesteps"], bb.num_train_timesteps),
-                       d["guidance_scale"], student_router=router).to(device)
-    opt_s, opt_f = torch.optim.AdamW(sp, lr=1e-4), torch.optim.AdamW(fp, lr=1e-3)
+                       d["guidance_scale"], student_router=router, gan=gan).to(device)
+    opt_s = torch.optim.AdamW(sp, lr=1e-4)
+    opt_f = torch.optim.AdamW(fp + (list(obj.head.parameters()) if gan else []), lr=1e-3)
     data = {"caption": [PROMPT] * batch}
+    if gan is not None:  # real latents for the classifier
+        data.update(latent_mean=torch.randn(batch, c, s, s, device=device),
+                    latent_std=torch.full((batch, c, s, s), 0.05, device=device))
 
     def update():
         for _ in range(d["fake_updates_per_student"]):
@@ -177,7 +184,8 @@ def main() -> None:
     a = ap.parse_args()
     rounds: dict[str, list[dict]] = {}
     for _ in range(a.repeats):
-        for case in ["lora_step", "student_update_1step", "student_update_4step", "student_update_4step_tsm"]:
+        for case in ["lora_step", "student_update_1step", "student_update_4step", "student_update_4step_tsm",
+                     "student_update_4step_gan"]:
             rounds.setdefault(case, []).append(measure(_train, case, (a.arch, a.device, a.steps, a.batch), a.threads))
         for case in ["teacher_sampling", "student_1step_sampling", "student_4step_sampling",
                      "student_4step_tsm_sampling"]:
@@ -195,6 +203,8 @@ def main() -> None:
         "4-step student update / LoRA step": r["student_update_4step"][st] / r["lora_step"][st],
         "4-step TSM 1-stage student update / 4-step LoRA student update":
             r["student_update_4step_tsm"][st] / r["student_update_4step"][st],
+        "4-step student update with the GAN phase / without":
+            r["student_update_4step_gan"][st] / r["student_update_4step"][st],
         "one-step student / teacher sampling": r["student_1step_sampling"][sa] / r["teacher_sampling"][sa],
         "4-step student / teacher sampling": r["student_4step_sampling"][sa] / r["teacher_sampling"][sa],
         "4-step TSM student (merged per step) / merged 4-step student sampling":
