@@ -152,3 +152,23 @@ def test_wadi_rank_reads_the_student_and_the_fake_score_sizes_apart():
     assert row["Trainable params (M)"] == "3.0000" and row["Fake score params (M)"] == "0.2500"
     assert row["Student #Params (M) [WaDi Table rank]"] == "83.80"
     assert row["Fake model #Params (M) [WaDi Table rank]"] == "4.69"
+
+
+def test_every_cited_paper_row_of_the_default_tables_resolves_to_a_paper_number():
+    """A row naming a paper row (and block, setting) must find at least one of the paper's cells for its table's
+    columns: a misspelt row or a missing setting would otherwise print "—" without a word."""
+    from pathlib import Path
+    import yaml
+    root = Path(__file__).resolve().parents[1]
+    tables = yaml.safe_load((root / "config/config.yaml").read_text())["tables"]
+    missing = []
+    for name, decl in tables.items():
+        if not decl.get("paper_table"):
+            continue
+        runs = {r for row in decl["rows"] for r in ([row["run"]] if "run" in row else row["runs"])}
+        df = build_table(decl, {r: {c: 1.0 for c in decl["columns"]} for r in runs})
+        refs = [c for c in df.columns if c.endswith("]")]
+        for row, (_, rec) in zip(decl["rows"], df.iterrows()):
+            if (row.get("paper_row") or row.get("paper_setting")) and all(rec.get(c) == "—" for c in refs):
+                missing.append(f"{name}: {row['label']}")
+    assert not missing, missing
