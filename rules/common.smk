@@ -799,5 +799,6 @@ def get_fid_params():
 
 
 def get_inception_weights(wildcards):
-    """The local Inception weights, for the Inception feature space only (the others never load them)."""
-    return config["evaluation"]["fid"].get("inception_weights") if wildcards.feature_space == "inception" else None
+    """The local Inception weights, for the Inception feature spaces only (the others never load them)."""
+    inception = wildcards.feature_space in ("inception", "inception_patch")
+    return config["evaluation"]["fid"].get("inception_weights") if inception else None
