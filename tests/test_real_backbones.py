@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 NAMES = {"sd15": "sd15", "sd2": "sd2", "pixart": "pixart_alpha", "sd3": "sd3"}  # backbone name -> family
 # core n=8 (8 jobs) + context n=1 (1) + vanilla LoRA r32 (1); five runs sampled and scored (TSM Table 12)
-JOBS = {"coco_reference": 1, "encode_image_text": 1, "fid_reference_stats_coco": 1, "train_expert": 10,
+# COCO's reference stats twice: Inception and Patch-FID on Inception (evaluation.fid.patch_fid)
+JOBS = {"coco_reference": 1, "encode_image_text": 1, "fid_reference_stats_coco": 2, "train_expert": 10,
         "assemble_router": 1, "evaluate_run_fid": 5, "make_table": 1, "plot_table_fid": 1, "all": 1}
 RUNS = ["base", "lora_r4", "lora_r32", "tsm1", "tsm2"]
 # SD1.5 also has the default config's students: 4-step LoRA, TSM 1-stage and 2-stage, one-step LoRaD; their four
@@ -289,9 +290,13 @@ def test_tiny_sd15_runs_post_pretraining_through_the_stage_rules(snakemake_bin, 
 
     # FID with a stand-in for clean-fid's Inception file loaded from evaluation.fid.inception_weights
     ref = np.load(res / "data/fid_reference_coco_inception.npz")
-    assert ref["mu"].shape == (2048,) and int(ref["n"]) == 6 and "features" not in ref
+    # its own features kept for precision/recall (evaluation.fid.precision_recall in the paper models' configs)
+    assert ref["mu"].shape == (2048,) and int(ref["n"]) == 6 and ref["features"].shape == (6, 2048)
+    patch = np.load(res / "data/fid_reference_coco_inception_patch.npz")
+    assert int(patch["n"]) == 24 and str(patch["feature_space"]) == "inception_patch"
     fids = [json.loads((res / f"runs/{run}/fid.json").read_text()) for run in runs]
     assert all(f["feature_space"] == "inception" and f["n_samples"] == 4 and f["fid"] > 0 for f in fids)
+    assert all(f["patch"]["n_samples"] == 16 and 0 <= f["precision"] <= 1 for f in fids)
     assert all(f["clip"]["clip_n"] == 4 and -1 <= f["clip"]["clip_score"] <= 1 for f in fids)  # the tiny local CLIP
     table = pd.read_csv(res / "tables/tsm_table12.csv", dtype=str)
     assert table["row"].tolist() == ["SD1.5 (pre-trained)", "SD1.5 + vanilla LoRA r2", "SD1.5 + vanilla LoRA r4",
