@@ -8,6 +8,7 @@ the features are those of (nearly) the images as generated. `native=True` skips 
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import warnings
@@ -68,11 +69,16 @@ FEATURE_SPACES = ("shapes", "patch", "inception", "inception_patch")
 INCEPTION_SIZE = 299
 
 
+@functools.cache
+def _clean_resizer():
+    from cleanfid.resize import make_resizer
+    return make_resizer("PIL", False, "bicubic", (INCEPTION_SIZE, INCEPTION_SIZE))
+
+
 def quadrant_mosaic(img: np.ndarray) -> np.ndarray:
     """clean-fid's resize for Patch-FID on Inception: each of the image's four quadrants to 299 x 299 by clean-fid's
     own "clean" resizer (PIL bicubic on float channels), tiled 2 x 2 into one (598, 598, 3) array."""
-    from cleanfid.resize import make_resizer
-    resize = make_resizer("PIL", False, "bicubic", (INCEPTION_SIZE, INCEPTION_SIZE))
+    resize = _clean_resizer()
     h, w = img.shape[0] // 2, img.shape[1] // 2
     tiles = [resize(img[i:i + h, j:j + w]) for i in (0, h) for j in (0, w)]
     return np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0)

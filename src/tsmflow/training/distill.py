@@ -262,7 +262,9 @@ class DMDObjective(nn.Module):
             loss = F.mse_loss(pred.float(), target.float())
             if self.gan is not None:
                 real = batch["latent_mean"] + batch["latent_std"] * torch.randn_like(batch["latent_mean"])
-                loss = loss + self.gan.fake_weight * classifier_loss(self.realism(real, cond), self.realism(x0, cond))
+                # one fake-score call for both halves: the real latents answer the same captions
+                logits_real, logits_fake = self.realism(torch.cat([real, x0]), cat_cond(cond, cond)).chunk(2)
+                loss = loss + self.gan.fake_weight * classifier_loss(logits_real, logits_fake)
             return loss
         if phase != "student":
             raise ValueError(f"unknown distillation phase {phase!r}")
