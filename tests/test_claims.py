@@ -9,7 +9,7 @@ from PIL import Image
 
 from tsmflow.data.grammar import CATEGORIES
 from tsmflow.reporting.claims import build_claims, group_stats, run_value, verdict, write_claims
-from tsmflow.reporting.publish import part_jobs, provenance, publish, record_path, write_index, write_site
+from tsmflow.reporting.publish import git_commit, part_jobs, provenance, publish, record_path, write_index, write_site
 from tsmflow.reporting.tables import PAPER_DIR
 
 
@@ -128,6 +128,23 @@ def test_publish_copies_under_a_provenance_line(tmp_path):
     with Image.open(out / "plots/p.png") as im:
         assert im.text["provenance"] == line and im.getpixel((0, 0)) == (255, 0, 0)
     assert "[t](tables/t.md)" in (out / "README.md").read_text()
+
+
+def test_commit_is_dirty_for_changed_code_but_not_for_the_published_folder_it_rewrites(tmp_path):
+    import subprocess
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "docs/results/part").mkdir(parents=True)
+    (tmp_path / "docs/results/part/table.md").write_text("old")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    sha = git("rev-parse", "--short=12", "HEAD").stdout.decode().strip()
+    (tmp_path / "docs/results/part/table.md").unlink()  # Snakemake removes an output before its job runs
+    assert git_commit(tmp_path) == sha + "+dirty"
+    assert git_commit(tmp_path, exclude=[tmp_path / "docs/results", tmp_path.parent / "elsewhere"]) == sha
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_commit(tmp_path, exclude=[tmp_path / "docs/results"]) == sha + "+dirty"
 
 
 def test_site_index_joins_published_parts_and_lists_the_rest(tmp_path):

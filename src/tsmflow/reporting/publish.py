@@ -22,12 +22,17 @@ from tsmflow.data.io import atomic_path
 from tsmflow.reporting.claims import HEADING as CLAIMS_HEADING
 
 
-def git_commit(repo) -> str:
-    """Short commit of `repo`, with "+dirty" when tracked files differ from it; "unknown" outside git."""
+def git_commit(repo, exclude=()) -> str:
+    """Short commit of `repo`, with "+dirty" when tracked files outside `exclude` differ from it; "unknown" outside
+    git. A rule that rewrites a tracked folder excludes it: Snakemake removes the old one before the job runs."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=repo, capture_output=True).returncode != 0
+        top = Path(repo).resolve()
+        inside = [Path(e).resolve() for e in exclude if Path(e).resolve().is_relative_to(top)]
+        paths = [".", *(f":(exclude){e.relative_to(top)}" for e in inside)]
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *paths], cwd=repo,
+                               capture_output=True).returncode != 0
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("+dirty" if dirty else "")
