@@ -29,7 +29,7 @@ def git_commit(repo, exclude=()) -> str:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True,
                              check=True).stdout.strip()
         top = Path(repo).resolve()
-        inside = [Path(e).resolve() for e in exclude if Path(e).resolve().is_relative_to(top)]
+        inside = [e for e in (Path(x).resolve() for x in exclude) if e.is_relative_to(top)]
         paths = [".", *(f":(exclude){e.relative_to(top)}" for e in inside)]
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *paths], cwd=repo,
                                capture_output=True).returncode != 0
