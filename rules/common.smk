@@ -151,9 +151,10 @@ for _run, _spec in RUNS.items():
         raise ValueError(f"config key runs.{_run}.{_ref[0]}: {_spec.get(_ref[0])!r} is not declared under {_ref[1]}")
     if _ref and DECLARED[_ref[1]][_spec[_ref[0]]]["backbone"] != _spec["backbone"]:
         raise ValueError(f"config key runs.{_run}: {_spec[_ref[0]]!r} is not on backbone {_spec['backbone']!r}")
-    if _spec.get("step") and _spec["step"] not in FINETUNES.get(_spec.get("finetune"), {}).get("snapshots", []):
+    if _spec.get("step") and (not _ref or _ref[1] not in ("finetunes", "students") or _spec["step"] not in
+                              DECLARED[_ref[1]][_spec[_ref[0]]].get("snapshots", [])):
         raise ValueError(f"config key runs.{_run}.step: {_spec['step']} is not one of the snapshots of "
-                         f"finetunes.{_spec.get('finetune')}")
+                         f"{_ref[1] + '.' + _spec[_ref[0]] if _ref else 'a finetune or student'}")
 for _name, _d in {**DEME_SETS, **FINETUNES}.items():
     if _d["backbone"] not in BACKBONES or _d["task"] not in TASKS:
         raise ValueError(f"config: {_name!r} needs a backbone in {BACKBONES} and a task in {TASKS}")
@@ -498,6 +499,25 @@ def get_student_inputs(wildcards):
     if d["adapter"] == "tsm2":
         inputs.update(core=get_student_dir(d["core"]), context=[get_student_dir(c) for c in d.get("context", [])])
     return inputs
+
+
+def get_steps_points(table):
+    """A `fid_vs_steps` table's rows as its plot reads them: the base row (the pre-trained model), and each
+    snapshot or end of a further-training job or distilled student, with its series and step."""
+    points = []
+    for row in TABLES[table]["rows"]:
+        spec = RUNS[row["run"]]
+        if spec["method"] == "base":
+            points.append({"run": row["run"], "kind": "base", "label": row["label"]})
+            continue
+        ref = method_of(spec).ref
+        if ref is None or ref[1] not in ("finetunes", "students"):
+            raise ValueError(f"config key tables.{table}: fid_vs_steps plots base, finetune and distill runs, "
+                             f"not run {row['run']!r} ({spec['method']})")
+        job = DECLARED[ref[1]][spec[ref[0]]]
+        points.append({"run": row["run"], "kind": spec["method"], "series": row.get("series", spec[ref[0]]),
+                       "step": spec.get("step") or job["steps"]})
+    return points
 
 
 def get_table_students(table):

@@ -84,32 +84,6 @@ rule plot_dmp_activation:
         "../scripts/plot_dmp_activation.py"
 
 
-rule plot_fid_vs_steps:
-    input:
-        unpack(get_table_metrics),
-    output:
-        plot=report(
-            f"{RESULTS}/plots/{{table}}_fid_vs_steps.png",
-            caption="../report/fid_vs_steps.rst",
-            category="Plots",
-            subcategory="DMP",
-            labels={"table": "{table}", "plot": "FID over further training"},
-        ),
-    params:
-        decl=lambda wc: TABLES[wc.table],
-        runs=RUNS,
-        finetunes=FINETUNES,
-    log:
-        get_log("plot_fid_vs_steps", "{table}"),
-    benchmark:
-        get_benchmark("plot_fid_vs_steps", "{table}")
-    threads: 1
-    conda:
-        "../envs/workflow.yaml"
-    script:
-        "../scripts/plot_fid_vs_steps.py"
-
-
 # DMP Table 5: one job per run of a `metrics: latent_structure` table, on the latents its FID samples
 # decode from (evaluate_run keeps them for these runs: no second sampling pass)
 rule latent_structure:

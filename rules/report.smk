@@ -166,6 +166,31 @@ rule plot_table_fid:
         "../scripts/plot_table.py"
 
 
+# FID against training steps: the snapshots of further-training jobs (DMP Table 3) or distilled students
+rule plot_fid_vs_steps:
+    input:
+        unpack(get_table_metrics),
+    output:
+        plot=report(
+            f"{RESULTS}/plots/{{table}}_fid_vs_steps.png",
+            caption="../report/fid_vs_steps.rst",
+            category="Plots",
+            labels={"table": "{table}", "plot": "FID over training steps"},
+        ),
+    params:
+        points=lambda wc: get_steps_points(wc.table),
+        title=lambda wc: TABLES[wc.table]["title"],
+    log:
+        get_log("plot_fid_vs_steps", "{table}"),
+    benchmark:
+        get_benchmark("plot_fid_vs_steps", "{table}")
+    threads: 1
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../scripts/plot_fid_vs_steps.py"
+
+
 rule run_sample_grid:
     input:
         images=get_run_path("{run}", "compbench"),

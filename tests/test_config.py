@@ -172,6 +172,11 @@ def test_bad_deme_and_dmp_config_fails_before_any_job(snakemake_bin, root, tmp_p
      "students.unet-4step-tsm2.context: 'unet-1step-lorad-r2' must be a student of adapter lora or tsm"),
     (lambda c: c["students"]["unet-4step-tsm-r2"].__setitem__("timesteps", [999, 499]), "has timesteps"),
     (lambda c: c["runs"]["dmd4_tsm2_unet"].__setitem__("sampling", {"steps": 2}), "runs.dmd4_tsm2_unet.sampling"),
+    (lambda c: c["runs"]["wadi_lorad_unet_s1"].__setitem__("step", 2),
+     "runs.wadi_lorad_unet_s1.step: 2 is not one of the snapshots of students.unet-1step-lorad-r2"),
+    (lambda c: c["runs"]["base_unet"].__setitem__("step", 1), "runs.base_unet.step: 1 is not one of the snapshots"),
+    (lambda c: c["tables"]["wadi_steps"]["rows"].append({"run": "dmd4_tsm2_unet", "label": "x"}) or
+     c["tables"]["wadi_steps"]["rows"].append({"run": "tsm1_unet", "label": "y"}), "fid_vs_steps plots base"),
 ])
 def test_bad_tsm_students_fail_before_any_job(snakemake_bin, root, tmp_path, mutate, needle):
     r = dry_run(snakemake_bin, root, tmp_path, mutate)

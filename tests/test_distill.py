@@ -215,6 +215,37 @@ def test_distill_student_trains_saves_a_merged_student_that_samples(tmp_path, mi
     assert imgs.shape == (2, 16, 16, 3)
 
 
+def test_a_snapshot_is_the_student_that_training_to_its_step_gives_and_training_goes_on_unmerged(tmp_path):
+    """FID over distillation steps samples snapshots: step k of a longer run must be the k-step student."""
+    from types import SimpleNamespace
+
+    from conftest import _mini_components
+    from tsmflow.runs import attach_run_adapters
+    den, vae, text = _mini_components(tmp_path / "parts", "unet", "eps")
+    fresh = lambda: load_mini_backbone("unet", den, vae, text)  # noqa: E731
+    long = distill_student(fresh(), {**_distill_cfg("lora", steps=3), "snapshots": [1, 2]}, _captions(),
+                           tmp_path / "long")
+    short = distill_student(fresh(), _distill_cfg("lora", steps=1), _captions(), tmp_path / "short")
+    assert long["snapshots"] == [1, 2] and short["snapshots"] == []
+    weights = lambda d: list(load_mini_backbone("unet", d, vae, text).denoiser.parameters())  # noqa: E731
+    snap1, snap2, end = (weights(d) for d in (tmp_path / "long" / "step1", tmp_path / "long" / "step2",
+                                              tmp_path / "long"))
+    assert all(torch.equal(a, b) for a, b in zip(snap1, weights(tmp_path / "short")))
+    assert not all(torch.equal(a, b) for a, b in zip(snap1, snap2))
+    assert not all(torch.equal(a, b) for a, b in zip(snap2, end))
+    assert read_lora_spec(tmp_path / "long" / "step1" / "adapter")[0].variant == "lora"
+    # a routed student's snapshot holds its experts, loadable as the run loader loads the final one
+    tsm = distill_student(fresh(), {**_tsm_cfg("tsm", experts=4), "steps": 2, "snapshots": [1]}, _captions(),
+                          tmp_path / "tsm")
+    snap = attach_run_adapters(fresh(), {"method": "distill"}, SimpleNamespace(student=tmp_path / "tsm" / "step1"))
+    assert generate(snap, ["a red circle"], [0], solver="renoise", timesteps=tsm["timesteps"],
+                    progress=False).shape == (1, 16, 16, 3)
+    for bad in ([0], [3]):
+        with pytest.raises(ValueError, match="snapshot"):
+            distill_student(fresh(), {**_distill_cfg("lora", steps=3), "snapshots": bad}, _captions(),
+                            tmp_path / "bad")
+
+
 def test_renoise_sampler_depends_on_seed_not_batching_and_calls_once_per_step(mini_backbone):
     bb = mini_backbone("unet")
     calls = []

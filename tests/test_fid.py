@@ -7,7 +7,7 @@ from PIL import Image, ImageFilter
 from tsmflow.data.io import DataError, save_png
 from tsmflow.evaluation.evaluator import render_scenes, train_evaluator, load_evaluator
 from tsmflow.evaluation.fid import (FeatureExtractor, fid_from_stats, folder_features, folder_fid, folder_stats,
-                                    load_stats, save_stats)
+                                    load_stats, psd_sqrt, save_stats)
 
 N = 160  # > the 96 feature dims, so the covariances are full rank
 
@@ -48,6 +48,24 @@ def test_fid_of_a_folder_with_itself_is_zero(stats):
     mu, sigma, n = stats["a"]
     assert n == N and mu.shape == (96,) and sigma.shape == (96, 96)
     assert abs(fid_from_stats(mu, sigma, mu, sigma)) < 1e-3 * np.trace(sigma)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # clean-fid's sqrtm of the singular product
+@pytest.mark.parametrize("n", [40, 600])  # fewer samples than features: singular covariances
+def test_fid_from_stats_matches_clean_fids_frechet_distance(n):
+    from cleanfid.fid import frechet_distance
+    rng = np.random.default_rng(n)
+    d = 128
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    a = np.maximum(rng.normal(size=(n, d)) @ mix, 0)  # ReLU features: some units never fire
+    a[:, :5] = 0
+    b = rng.normal(0.3, 1.5, size=(n + 17, d)) @ mix
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    ours = fid_from_stats(mu1, s1, mu2, s2)
+    assert ours == pytest.approx(float(frechet_distance(mu1, s1, mu2, s2)), rel=1e-6)
+    assert fid_from_stats(mu1, s1, mu2, s2, psd_sqrt(s2)) == ours
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        fid_from_stats(mu1[:-1], s1[:-1, :-1], mu2, s2)
 
 
 def test_fid_ranks_scenes_above_noise_and_blur(stats):

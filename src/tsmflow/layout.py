@@ -26,6 +26,11 @@ def finetune_dir(name: str) -> str:
     return f"{RESULTS}/finetune/{name}"
 
 
+def snapshot_dir(job_dir, step: int) -> str:
+    """A snapshot a training job (finetune, distill_student) saved at `step`, inside its output."""
+    return f"{job_dir}/step{step}"
+
+
 def deme_range_dir(deme_set: str, i) -> str:
     return f"{RESULTS}/deme/{deme_set}/range{i}"
 

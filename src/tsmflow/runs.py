@@ -78,10 +78,10 @@ def load_router(mixture: ExpertMixture, router_dir) -> None:
                          f"unexpected {unexpected[:3]})")
 
 
-def finetune_dir(spec: dict, finetune_out) -> Path:
-    """The directory a `finetune` run loads: the job's output, or its snapshot at `step`."""
-    d = Path(finetune_out)
-    return d / f"step{spec['step']}" if spec.get("step") else d
+def at_step(spec: dict, job_out) -> Path:
+    """The directory a run of a snapshotting job (finetune, distill) loads: the job's output, or its snapshot at the
+    run's `step`."""
+    return Path(layout.snapshot_dir(job_out, spec["step"]) if spec.get("step") else job_out)
 
 
 def load_run_backbone(spec: dict, inputs, backbone: dict | None = None) -> Backbone:
@@ -93,8 +93,9 @@ def load_run_backbone(spec: dict, inputs, backbone: dict | None = None) -> Backb
     model = getattr(inputs, "model", None)
     # the finetune job wrote the denoiser (full; from scratch, its patch beside it), not the base model
     # (a paper model's DMP run has no `model`: the pipeline brings the frozen denoiser)
-    if spec["method"] == "finetune" and (dmp is None or (model is not None and Path(model) == Path(dmp))):
-        model = finetune_dir(spec, model)  # a distill run's `model` is the merged student itself
+    if (spec["method"] == "finetune" and (dmp is None or (model is not None and Path(model) == Path(dmp)))) or (
+            spec["method"] == "distill" and model is not None):  # a merged student
+        model = at_step(spec, model)
     bb = attach_run_adapters(load_backbone(backbone, inputs, model=model), spec, inputs)
     if backbone["family"] != "mini":
         bb.to(device())
@@ -169,11 +170,11 @@ def attach_run_adapters(bb: Backbone, spec: dict, inputs) -> Backbone:
     dmp = getattr(inputs, "dmp", None)
     full = method == "finetune" and dmp is None
     if method == "distill" and getattr(inputs, "student", None):
-        return load_routed_student(bb, inputs.student)
+        return load_routed_student(bb, at_step(spec, inputs.student))
     if method in ("base", "deme_merged", "distill") or full:
         return bb
     if method == "finetune":
-        load_dmp(bb, finetune_dir(spec, dmp))
+        load_dmp(bb, at_step(spec, dmp))
         return bb
     if method == "deme_ensemble":
         states = load_range_states(inputs.ranges)

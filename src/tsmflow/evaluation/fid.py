@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from cleanfid import fid as cfid
 from cleanfid.features import build_feature_extractor
-from scipy.linalg import LinAlgWarning
 
 from ..data.io import DataError, atomic_path
 from .evaluator import Detector
@@ -211,14 +209,28 @@ def load_stats(path) -> dict:
     return out
 
 
-def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    if mu1.shape != mu2.shape:
+def psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a covariance matrix (rounding's tiny negative eigenvalues count as 0)."""
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                   sigma2_sqrt: np.ndarray | None = None) -> float:
+    """The Frechet distance of two Gaussians: clean-fid's `frechet_distance`, to rounding (tested), but with
+    tr sqrt(S1 S2) summed from the eigenvalues of the symmetric S2^1/2 S1 S2^1/2, which has the same spectrum.
+    scipy's `sqrtm` of the product took ~20 s for 2048-wide (Inception) features on one core here, and the
+    bootstrap SE takes one FID per resample. `sigma2_sqrt`: `psd_sqrt(sigma2)`, for a reference used many times.
+
+    A unit that never fires (zero variance) makes the product singular; it is still PSD, so this is exact there.
+    """
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"feature sizes differ: {mu1.shape} vs {mu2.shape} (different evaluators?)")
-    with warnings.catch_warnings():
-        # a ReLU unit that never fires gives a zero-variance dimension; the product of the
-        # covariances is then singular but still PSD, and its square root is well defined
-        warnings.simplefilter("ignore", LinAlgWarning)
-        return float(cfid.frechet_distance(mu1, sigma1, mu2, sigma2))
+    root = psd_sqrt(sigma2) if sigma2_sqrt is None else sigma2_sqrt
+    inner = root @ sigma1 @ root
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
 def bootstrap_fid(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, n_boot: int = 200,
@@ -226,8 +238,10 @@ def bootstrap_fid(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, 
     """FID of `feats` against reference stats, with a bootstrap SE over the samples. With `paired`
     (features of a second model's samples, row k from the same caption and seed as row k of
     `feats`), also the SE of FID(paired) - FID(feats) from joint resamples."""
+    root = psd_sqrt(ref_sigma)
+
     def fid(x):
-        return fid_from_stats(x.mean(0), np.cov(x, rowvar=False), ref_mu, ref_sigma)
+        return fid_from_stats(x.mean(0), np.cov(x, rowvar=False), ref_mu, ref_sigma, root)
 
     rng = np.random.default_rng(seed)
     a, b, d = [], [], []

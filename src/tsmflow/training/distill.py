@@ -42,12 +42,14 @@ core and the context scales) and, with a context, `router.safetensors`; `runs.lo
 from __future__ import annotations
 
 import copy
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from safetensors.torch import save_file
@@ -55,8 +57,9 @@ from safetensors.torch import save_file
 from ..adapters.lora import (DENOISER_PREFIX, LoraSpec, adapter_parameters, inject, load_adapter, merge_adapters,
                              read_lora_spec, save_adapter)
 from ..adapters.router import ExpertMixture, Scale
-from ..data.io import read_json, write_json
+from ..data.io import atomic_dir, read_json, write_json
 from ..evaluation.weights import change_summary, weight_change
+from ..layout import snapshot_dir
 from ..models.backbone import Backbone, cat_cond, repeat_cond
 from ..runs import ROUTER_CONFIG, ROUTER_WEIGHTS
 from ..students import scaled_timesteps
@@ -337,9 +340,25 @@ def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir,
         tensors.update(latent_mean=real["latent_mean"], latent_std=real["latent_std"])
     batches = infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra={"caption": list(captions)})
     desc = f"distil {len(timesteps)}-step {student_spec.kind} student"
+    snapshots = sorted(set(int(s) for s in cfg.get("snapshots") or ()))
+    if [s for s in snapshots if not 0 < s < cfg["steps"]]:
+        raise ValueError(f"{desc}: snapshot steps {snapshots} must lie strictly between 0 and steps={cfg['steps']}")
+
+    def save(d) -> nn.Module | None:
+        return save_student(backbone, d, student, prefix, student_spec, router, sources,
+                            cfg.get("assemble", {}).get("router_input", "both"))
+
+    def on_step(step: int) -> None:  # a student update ends each cycle of phases
+        if step % len(phases) == 0 and step // len(phases) in snapshots:
+            with atomic_dir(snapshot_dir(ckpt, step // len(phases))) as d:  # beside the checkpoint: survives a kill
+                save(d)
+
     with resumable_output(out_dir) as (tmp, ckpt):
         stats = train(objective, groups, batches, tcfg, tmp / "loss.csv", desc=desc,
-                      checkpoint=ckpt / "train.safetensors", phases=phases)
+                      checkpoint=ckpt / "train.safetensors", phases=phases, on_step=on_step)
+        if PartialState().is_main_process:  # only it wrote snapshots (train's on_step)
+            for s in snapshots:
+                shutil.copytree(snapshot_dir(ckpt, s), snapshot_dir(tmp, s))
         extra = {"arch": backbone.arch}
         if fake_spec.kind != "full":
             save_adapter(tmp / "fake", {prefix: fake}, "fake", fake_spec.lora(), extra)
@@ -350,25 +369,39 @@ def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir,
             stats["gan"] = vars(gan)
         if router is not None:
             router.remove()
-            save_routed(tmp, student, prefix, router, student_spec.lora() if student_spec.kind == "tsm" else None,
-                        sources, backbone.arch, cfg.get("assemble", {}).get("router_input", "both"))
+        final = save(tmp)
+        if router is not None:
             stats.update(experts=[s.n for s in [router.core] + router.context],
                          adapter_params=sum(p.numel() for n, p in student.named_parameters() if "lora_" in n))
         else:
-            final = merge_adapters(student) if student_spec.kind != "full" else student
-            save_denoiser(backbone, tmp, final)
             change = weight_change(teacher, final)
             change.to_csv(tmp / "weight_change.csv", index=False)
             stats.update(change_summary(change))
-            if student_spec.kind != "full":
-                save_adapter(tmp / "adapter", {prefix: student}, "student", student_spec.lora(), extra)
         stats.update(method="distill", adapter=student_spec.kind, rank=student_spec.rank, timesteps=timesteps,
                      nfe=len(timesteps), student_steps=cfg["steps"], fake_updates_per_student=ratio,
                      student_trainable_params=sum(p.numel() for p in student_params),
                      fake_trainable_params=sum(p.numel() for p in fake_params),
-                     prompts=len(captions), model_params=model_params(backbone))
+                     prompts=len(captions), model_params=model_params(backbone), snapshots=snapshots)
         write_json(Path(tmp) / "stats.json", stats)
     return stats
+
+
+def save_student(backbone: Backbone, out_dir, student: nn.Module, prefix: str, spec: AdapterSpec,
+                 router: ExpertMixture | None, sources: dict, router_input: str) -> nn.Module | None:
+    """What a run samples from: a routed student's experts and router (`save_routed`), or the student merged into
+    one diffusers denoiser plus its `adapter/` (unless full). Returns the merged denoiser (None if routed); the
+    student itself keeps its unmerged adapter, so training can go on after a snapshot."""
+    if router is not None:
+        save_routed(out_dir, student, prefix, router, spec.lora() if spec.kind == "tsm" else None, sources,
+                    backbone.arch, router_input)
+        return None
+    if spec.kind == "full":
+        save_denoiser(backbone, out_dir, student)
+        return student
+    final = merge_adapters(student)
+    save_denoiser(backbone, out_dir, final)
+    save_adapter(Path(out_dir) / "adapter", {prefix: student}, "student", spec.lora(), {"arch": backbone.arch})
+    return final
 
 
 def student_config(defaults: dict, student: dict) -> dict:
@@ -379,7 +412,7 @@ def student_config(defaults: dict, student: dict) -> dict:
                         "experts": student.get("experts", 0), "alpha": student.get("alpha")},
             "fake": {"targets": targets, **defaults["fake"], **student.get("fake", {})},
             "timesteps": student["timesteps"], "steps": student["steps"], "seed": student.get("seed", 0),
-            "gan": student.get("gan"),
+            "gan": student.get("gan"), "snapshots": student.get("snapshots", []),
             "guidance_scale": student.get("guidance_scale", defaults["guidance_scale"]),
             "fake_updates_per_student": student.get("fake_updates_per_student", defaults["fake_updates_per_student"]),
             "train": {**defaults["train"], **student.get("train", {})}}

@@ -29,15 +29,12 @@ from ..adapters.dmp import DMPConfig, add_dmp, importance_loss, load_loss, save_
 from ..adapters.experts import interval_bounds
 from ..adapters.lora import LoraSpec, add_lora, lora_layers
 from ..data.io import atomic_dir, write_json
+from ..layout import snapshot_dir
 from ..models.backbone import Backbone, text_dims
 from ..models.mini import build_denoiser, build_scheduler
 from .experts import freeze, load_task_data, model_params
 from .loop import TrainConfig, infinite_batches, resumable_output, train
 from .objectives import DiffusionObjective, RangeTimesteps
-
-
-def snapshot_dir(out_dir, step: int) -> Path:
-    return Path(out_dir) / f"step{step}"
 
 
 def save_denoiser(backbone: Backbone, out_dir, denoiser: nn.Module | None = None) -> None:
