@@ -153,8 +153,8 @@ for _run, _spec in RUNS.items():
         raise ValueError(f"config key runs.{_run}: {_spec[_ref[0]]!r} is not on backbone {_spec['backbone']!r}")
     if _spec.get("step") and (not _ref or _ref[1] not in ("finetunes", "students") or _spec["step"] not in
                               DECLARED[_ref[1]][_spec[_ref[0]]].get("snapshots", [])):
-        raise ValueError(f"config key runs.{_run}.step: {_spec['step']} is not one of the snapshots of "
-                         f"{_ref[1] + '.' + _spec[_ref[0]] if _ref else 'a finetune or student'}")
+        _job = f"{_ref[1]}.{_spec[_ref[0]]}" if _ref else "a finetune or student"
+        raise ValueError(f"config key runs.{_run}.step: {_spec['step']} is not one of the snapshots of {_job}")
 for _name, _d in {**DEME_SETS, **FINETUNES}.items():
     if _d["backbone"] not in BACKBONES or _d["task"] not in TASKS:
         raise ValueError(f"config: {_name!r} needs a backbone in {BACKBONES} and a task in {TASKS}")
