@@ -251,7 +251,8 @@ def prompt_activation(weights: np.ndarray, timesteps: np.ndarray, path, title: s
 def weight_change_layers(changes: dict[str, pd.DataFrame], path, title: str = "") -> None:
     """WaDi Fig. 1: per layer, a student's norm change (NM) and direction change (DM) against its teacher, one
     panel per student, with each metric's mean and std over layers in its legend."""
-    fig, axes = plt.subplots(len(changes), 1, figsize=(8.0, 1.9 * len(changes) + 0.6), squeeze=False)
+    height = 1.9 * len(changes) + 0.6
+    fig, axes = plt.subplots(len(changes), 1, figsize=(8.0, height), squeeze=False)
     for ax, (label, df) in zip(axes[:, 0], changes.items()):
         x = np.arange(len(df))
         for col, name in (("direction_change", "DM"), ("norm_change", "NM")):
@@ -264,5 +265,5 @@ def weight_change_layers(changes: dict[str, pd.DataFrame], path, title: str = ""
     axes[-1, 0].set_xlabel("weight (denoiser order)", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height))  # tight_layout alone lets the suptitle overlap panel 1
     _save(fig, path)
