@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.io import atomic_dir, save_png, write_json
-from ..evaluation.fid import fid_from_stats, folder_stats, load_stats
+from ..evaluation.fid import fid_from_stats, folder_stats, load_stats, psd_sqrt
 from ..models.backbone import Backbone
 from ..sampling.sample import generate
 from ..training.finetune import save_denoiser
@@ -32,6 +32,7 @@ class FidObjective:
         self.captions, self.seeds, self.steps, self.gs = captions, seeds, steps, guidance_scale
         self.detector, self.ref, self.space, self.precision = detector, ref_stats, feature_space, precision
         self.batch_size, self.inception_weights = batch_size, inception_weights
+        self.ref_root = psd_sqrt(ref_stats["sigma"])  # once: every evaluation of the search uses it
 
     def __call__(self, w) -> float:
         self.bb.denoiser.load_state_dict(merge(self.base, self.taus, w))
@@ -43,7 +44,7 @@ class FidObjective:
                 save_png(Path(d) / f"{k:06d}.png", img)
             mu, sigma, _ = folder_stats(self.detector, d, feature_space=self.space,
                                         inception_weights=self.inception_weights)
-        return fid_from_stats(mu, sigma, self.ref["mu"], self.ref["sigma"])
+        return fid_from_stats(mu, sigma, self.ref["mu"], self.ref["sigma"], self.ref_root)
 
 
 def search_captions(reference_captions: list[str], n: int, n_final: int) -> list[str]:

@@ -42,14 +42,12 @@ core and the context scales) and, with a context, `router.safetensors`; `runs.lo
 from __future__ import annotations
 
 import copy
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from safetensors.torch import save_file
@@ -57,16 +55,16 @@ from safetensors.torch import save_file
 from ..adapters.lora import (DENOISER_PREFIX, LoraSpec, adapter_parameters, inject, load_adapter, merge_adapters,
                              read_lora_spec, save_adapter)
 from ..adapters.router import ExpertMixture, Scale
-from ..data.io import atomic_dir, read_json, write_json
+from ..data.io import read_json, write_json
 from ..evaluation.weights import change_summary, weight_change
-from ..layout import snapshot_dir
 from ..models.backbone import Backbone, cat_cond, repeat_cond
 from ..runs import ROUTER_CONFIG, ROUTER_WEIGHTS
 from ..students import scaled_timesteps
 from .experts import freeze, model_params
 from .finetune import save_denoiser
 from .gan import FeatureTap, GanSpec, RealismHead, bottleneck, classifier_loss, generator_loss
-from .loop import TrainConfig, infinite_batches, resumable_output, seeded, train
+from .loop import (TrainConfig, checked_snapshots, infinite_batches, keep_snapshots, resumable_output, seeded,
+                   snapshot_saver, train)
 from .objectives import noisy_and_target, predicted_x0
 
 ADAPTERS = ("full", "lora", "dora", "lorad", "tsm", "tsm2")
@@ -340,25 +338,18 @@ def distill_student(backbone: Backbone, cfg: dict, captions: list[str], out_dir,
         tensors.update(latent_mean=real["latent_mean"], latent_std=real["latent_std"])
     batches = infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra={"caption": list(captions)})
     desc = f"distil {len(timesteps)}-step {student_spec.kind} student"
-    snapshots = sorted(set(int(s) for s in cfg.get("snapshots") or ()))
-    if [s for s in snapshots if not 0 < s < cfg["steps"]]:
-        raise ValueError(f"{desc}: snapshot steps {snapshots} must lie strictly between 0 and steps={cfg['steps']}")
+    snapshots = checked_snapshots(cfg.get("snapshots"), cfg["steps"], desc)
 
     def save(d) -> nn.Module | None:
         return save_student(backbone, d, student, prefix, student_spec, router, sources,
                             cfg.get("assemble", {}).get("router_input", "both"))
 
-    def on_step(step: int) -> None:  # a student update ends each cycle of phases
-        if step % len(phases) == 0 and step // len(phases) in snapshots:
-            with atomic_dir(snapshot_dir(ckpt, step // len(phases))) as d:  # beside the checkpoint: survives a kill
-                save(d)
-
     with resumable_output(out_dir) as (tmp, ckpt):
+        # a snapshot counts student updates: each ends a cycle of phases
         stats = train(objective, groups, batches, tcfg, tmp / "loss.csv", desc=desc,
-                      checkpoint=ckpt / "train.safetensors", phases=phases, on_step=on_step)
-        if PartialState().is_main_process:  # only it wrote snapshots (train's on_step)
-            for s in snapshots:
-                shutil.copytree(snapshot_dir(ckpt, s), snapshot_dir(tmp, s))
+                      checkpoint=ckpt / "train.safetensors", phases=phases,
+                      on_step=snapshot_saver(snapshots, ckpt, save, every=len(phases)))
+        keep_snapshots(snapshots, ckpt, tmp)
         extra = {"arch": backbone.arch}
         if fake_spec.kind != "full":
             save_adapter(tmp / "fake", {prefix: fake}, "fake", fake_spec.lora(), extra)

@@ -17,7 +17,6 @@ FID can be reported over further-training iterations (DMP Table 3) from one job.
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import torch
@@ -28,12 +27,12 @@ from accelerate.utils import set_seed
 from ..adapters.dmp import DMPConfig, add_dmp, importance_loss, load_loss, save_dmp
 from ..adapters.experts import interval_bounds
 from ..adapters.lora import LoraSpec, add_lora, lora_layers
-from ..data.io import atomic_dir, write_json
-from ..layout import snapshot_dir
+from ..data.io import write_json
 from ..models.backbone import Backbone, text_dims
 from ..models.mini import build_denoiser, build_scheduler
 from .experts import freeze, load_task_data, model_params
-from .loop import TrainConfig, infinite_batches, resumable_output, train
+from .loop import (TrainConfig, checked_snapshots, infinite_batches, keep_snapshots, resumable_output,
+                   snapshot_saver, train)
 from .objectives import DiffusionObjective, RangeTimesteps
 
 
@@ -55,23 +54,13 @@ def _run(objective, params, tensors, extra, tcfg: TrainConfig, out_dir, desc: st
     """Train, saving `save(dir)` at every snapshot step and at the end, into an atomic output dir.
 
     stats.json gets the training stats plus `info`."""
-    snapshots = sorted(set(int(s) for s in snapshots))
-    bad = [s for s in snapshots if not 0 < s < tcfg.steps]
-    if bad:
-        raise ValueError(f"{desc}: snapshot steps {bad} are not between 0 and steps={tcfg.steps}")
+    snapshots = checked_snapshots(snapshots, tcfg.steps, desc)
     with resumable_output(out_dir) as (tmp, ckpt):
-        def on_step(step: int) -> None:
-            # snapshots go beside the checkpoint, which outlives a killed job; copied in at the end
-            if step in snapshots:
-                with atomic_dir(snapshot_dir(ckpt, step)) as d:
-                    save(d)
-
         stats = train(objective, params, infinite_batches(tensors, tcfg.batch_size, tcfg.seed, extra=extra),
-                      tcfg, tmp / "loss.csv", desc=desc, checkpoint=ckpt / "train.safetensors", on_step=on_step)
-        # only the main process wrote snapshots (train's on_step); the others' tmp is scratch
-        if PartialState().is_main_process:
-            for s in snapshots:
-                shutil.copytree(snapshot_dir(ckpt, s), snapshot_dir(tmp, s))
+                      tcfg, tmp / "loss.csv", desc=desc, checkpoint=ckpt / "train.safetensors",
+                      on_step=snapshot_saver(snapshots, ckpt, save))
+        keep_snapshots(snapshots, ckpt, tmp)
+        if PartialState().is_main_process:  # the others' tmp is scratch
             save(tmp)
         stats.update(train_samples=len(extra["caption"]), snapshots=snapshots, **(info or {}))
         write_json(tmp / "stats.json", stats)

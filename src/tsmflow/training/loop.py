@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data.io import atomic_dir, atomic_path
+from ..layout import snapshot_dir
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,32 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 def to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def checked_snapshots(snapshots, steps: int, desc: str) -> list[int]:
+    """The sorted snapshot steps of a job of `steps` steps; each must lie strictly inside it."""
+    out = sorted(set(int(s) for s in snapshots or ()))
+    bad = [s for s in out if not 0 < s < steps]
+    if bad:
+        raise ValueError(f"{desc}: snapshot steps {bad} are not between 0 and steps={steps}")
+    return out
+
+
+def snapshot_saver(snapshots: list[int], ckpt_dir, save: Callable, every: int = 1) -> Callable[[int], None]:
+    """`train`'s on_step: after optimizer step k * `every`, k a snapshot, `save(dir)` into `step<k>/` of the
+    checkpoint folder, which outlives a killed job; `keep_snapshots` copies them into the output at the end."""
+    def on_step(step: int) -> None:
+        if step % every == 0 and step // every in snapshots:
+            with atomic_dir(snapshot_dir(ckpt_dir, step // every)) as d:
+                save(d)
+    return on_step
+
+
+def keep_snapshots(snapshots: list[int], ckpt_dir, out_dir) -> None:
+    """Copy the snapshots into the job's output (only the main process wrote them; the others' output is scratch)."""
+    if PartialState().is_main_process:
+        for s in snapshots:
+            shutil.copytree(snapshot_dir(ckpt_dir, s), snapshot_dir(out_dir, s))
 
 
 @contextmanager
