@@ -231,8 +231,9 @@ def tiny_config(root, tmp, name: str = "sd15", dtype: str = "float32", patch_fid
     cfg["coco"].update(annotations=str(tmp / "coco/annotations/captions_val2014.json"),
                        images=str(tmp / "coco/val2014"), n_reference=6, resolution=32)
     # Patch-FID only where a test asks for it: each FID's matrix square root of 2048-wide covariances (Inception's
-    # width, which clean-fid's wrapper fixes) costs ~20 s on one core
-    cfg["evaluation"]["fid"].update(n_samples=4, batch_size=4, patch_fid=patch_fid,
+    # width, which clean-fid's wrapper fixes) costs ~20 s on one core; for that reason no bootstrap either (its
+    # resamples are tested on shapes features, in test_fid)
+    cfg["evaluation"]["fid"].update(n_samples=4, batch_size=4, patch_fid=patch_fid, n_boot=0,
                                     inception_weights=str(save_inception_stand_in(tmp / "inception/inception.pt")))
     cfg["evaluation"]["clip"] = {"pretrained": str(save_tiny_clip(tmp / "clip")), "local_files_only": True}
     cfg.update(gpus_per_job=0, threads={"default": 1}, claims={}, parts={"post_pretraining": ["tsm_table12"]})
