@@ -19,14 +19,15 @@ import pandas as pd
 import torch
 import yaml
 
-from tsmflow.data.grammar import CATEGORIES, parse
+from tsmflow.data.grammar import CATEGORIES, parse, parse_rare_pairs
 from tsmflow.data.io import read_prompts, write_json
 from tsmflow.evaluation.compbench import score_spec
 from tsmflow.evaluation.evaluator import ATTRS, DEFAULT_N_OBJECTS_P, detect, load_evaluator, render_scenes
 from tsmflow.evaluation.fid import bootstrap_fid, folder_features, load_stats
-from tsmflow.evaluation.signal import (BINDING_OUTCOMES, binding_summary, category_summary,
-                                       image_statistics, paired_effect, single_object_prompts, single_object_summary,
-                                       single_object_table, text_binding_probe)
+from tsmflow.evaluation.signal import (BINDING_OUTCOMES, COUNT_OUTCOMES, binding_summary, category_summary,
+                                       count_summary, image_statistics, paired_effect, rare_split,
+                                       single_object_prompts, single_object_summary, single_object_table,
+                                       text_binding_probe)
 from tsmflow.evaluation.validation import DEFAULT_VALIDATION, control_report, detection_report, junk_report
 from tsmflow.models.backbone import load_mini_backbone
 from tsmflow.sampling.sample import generate
@@ -71,7 +72,7 @@ def backbone_rungs(bb, evaluator, cfg, prompts, n_single: int, n_per_prompt: int
                     solver=s.get("solver", "first_order"))
     single = single_object_summary(single_object_table(evaluator, imgs, items))
     stats = image_statistics(imgs)
-    rows, bind_dets, bind_prompts, bind_cats = [], [], [], []
+    rows, all_dets, all_prompts, all_cats = [], [], [], []
     for cat in CATEGORIES:
         jobs = [(p, i) for p in prompts[cat] for i in range(n_per_prompt)]
         x = generate(bb, [p for p, _ in jobs], [ev["seed"] + i for _, i in jobs], s["steps"], s["guidance_scale"],
@@ -81,14 +82,17 @@ def backbone_rungs(bb, evaluator, cfg, prompts, n_single: int, n_per_prompt: int
         for binding in ("product", "mean"):
             rows += [{"category": cat, "prompt": p, "binding": binding,
                       "score": 100 * score_spec(parse(p), d, cat, binding)} for (p, _), d in zip(jobs, dets)]
-        if cat in BINDING_CATEGORIES:
-            bind_dets += dets
-            bind_prompts += [p for p, _ in jobs]
-            bind_cats += [cat] * len(jobs)
+        all_dets += dets
+        all_prompts += [p for p, _ in jobs]
+        all_cats += [cat] * len(jobs)
     df = pd.DataFrame(rows)
     cats = {b: category_summary(df[df["binding"] == b]) for b in ("product", "mean")}
-    why = binding_summary(bind_dets, bind_prompts, bind_cats)
+    bind = [k for k, c in enumerate(all_cats) if c in BINDING_CATEGORIES]
+    why = binding_summary(*([x[k] for k in bind] for x in (all_dets, all_prompts, all_cats)))
+    counts = count_summary(all_dets, all_prompts, all_cats)
+    rare = rare_split(df[df["binding"] == "product"], parse_rare_pairs(cfg["data"]["rare_pairs"]))
     return {"single_object": single, "sample_image_stats": stats, "compbench": cats, "binding": why,
+            "counts": counts, "rare_split": rare,
             "n_single_per_prompt": n_single, "images_per_prompt": n_per_prompt, "wall_s": time.perf_counter() - t0}
 
 
@@ -175,6 +179,21 @@ def markdown(records: dict) -> str:
                                  + f" | {100 * w['swapped_among_wrong']:.0f} ({100 * w['swapped_if_random']:.0f}) | "
                                  f"{100 * w['all_nouns_found']:.0f} | {w['mean_detections']:.2f} | "
                                  f"{w['n_contested']} | {w['n_images']} |")
+        if any("counts" in b for b in r["backbones"].values()):
+            lines += ["", "### Rung 4c: does an image hold the prompt's objects?", "",
+                      "Images with fewer, as many, or more detections than the prompt names (%); `one noun`: "
+                      "images whose detections carry only one of the prompt's distinct nouns, the others dropped "
+                      "or drawn as copies of it; then the strict score (%) of the prompts that ask for a "
+                      "composition pre-training makes rare (`data.rare_pairs`) and of the others.", "",
+                      "| backbone | category | " + " | ".join(COUNT_OUTCOMES) + " | one noun | images | "
+                      "strict: common prompts | strict: rare prompts |", "|" + "---|" * 9]
+            for name, b in r["backbones"].items():
+                split = b.get("rare_split", {})
+                for cat, c in b.get("counts", {}).items():
+                    common, rare = (fmt(split[k][cat]) + f" ({split[k][cat]['n_prompts']})"
+                                    if cat in split.get(k, {}) else "-" for k in ("common", "rare"))
+                    lines.append(f"| {name} | {cat} | " + " | ".join(f"{100 * c[o]:.0f}" for o in COUNT_OUTCOMES)
+                                 + f" | {100 * c['one_noun']:.0f} | {c['n_images']} | {common} | {rare} |")
         if r.get("text_probe"):
             lines += ["", "Text encoder binding probe (`signal.text_binding_probe`): a ridge probe on the hidden "
                       "state at each noun of \"a X1 S1 and a X2 S2\", asked for that noun's own value on held-out "

@@ -5,8 +5,9 @@ import pytest
 
 from tsmflow.data import grammar as G
 from tsmflow.evaluation.evaluator import render_scenes
-from tsmflow.evaluation.signal import (binding_outcomes, category_summary, clustered_mean, image_statistics, single_object_prompts,
-                                       single_object_summary, text_binding_probe)
+from tsmflow.evaluation.signal import (binding_outcomes, category_summary, clustered_mean, count_summary,
+                                       image_statistics, rare_split, single_object_prompts, single_object_summary,
+                                       text_binding_probe)
 
 
 def test_single_object_prompts_cover_every_value_once_per_shape():
@@ -69,6 +70,33 @@ def test_binding_outcomes_tell_leakage_from_missing_and_other():
     assert rows[0]["outcome"] == "bound" and all(r["contested"] for r in rows)
     # a value both phrases state cannot leak
     assert not binding_outcomes(G.parse("a red circle and a red square"), [])[0]["contested"]
+
+
+def test_count_summary_tells_a_dropped_or_copied_noun_from_a_complete_image():
+    two, three = "a blue circle and a yellow triangle", "a red circle , a blue square and a green diamond"
+    images = [
+        [_det("circle", "blue"), _det("triangle", "yellow")],   # complete
+        [_det("circle", "blue")],                               # the triangle dropped
+        [_det("circle", "blue"), _det("circle", "yellow")],     # the triangle drawn as a second circle
+        [_det("square", "red"), _det("diamond", "red")],        # two of three nouns, one object short
+        [],                                                     # nothing
+    ]
+    out = count_summary(images, [two, two, two, three, three], ["color"] * 3 + ["shape"] * 2)
+    assert out["color"] == {"n_images": 3, "one_noun": pytest.approx(2 / 3), "fewer": pytest.approx(1 / 3),
+                            "as_many": pytest.approx(2 / 3), "more": 0.0}
+    assert out["shape"]["one_noun"] == 0.0 and out["shape"]["fewer"] == 1.0
+    with pytest.raises(ValueError, match="2 images, 1 prompts"):
+        count_summary(images[:2], [two], ["color"])
+
+
+def test_rare_split_separates_prompts_that_ask_for_a_rare_composition():
+    rare_pairs = G.parse_rare_pairs(["yellow diamond"])
+    scores = pd.DataFrame({"category": ["color"] * 4, "score": [80.0, 60.0, 0.0, 10.0],
+                           "prompt": ["a red circle and a blue square"] * 2
+                           + ["a yellow diamond and a blue square", "a blue square and a yellow diamond"]})
+    out = rare_split(scores, rare_pairs)
+    assert out["common"]["color"]["mean"] == 70.0 and out["common"]["color"]["n_prompts"] == 1
+    assert out["rare"]["color"]["mean"] == 5.0 and out["rare"]["color"]["n_prompts"] == 2
 
 
 def test_text_binding_probe_on_a_symmetric_encoder():

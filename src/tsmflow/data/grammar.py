@@ -144,6 +144,11 @@ def _is_rare(attrs: dict, rare_pairs: set[tuple[str, str]]) -> bool:
     return any((attrs.get(a), attrs.get("shape")) in rare_pairs for a in ("size", "color", "texture"))
 
 
+def asks_rare(spec: PromptSpec, rare_pairs: set[tuple[str, str]]) -> bool:
+    """Whether a prompt states a composition that pre-training scenes make rare (CompBench-mini's `p_rare`)."""
+    return any(_is_rare(o, rare_pairs) for o in spec.objects)
+
+
 def sample_object_attrs(rng: np.random.Generator, rare_pairs: set[tuple[str, str]],
                         rare_keep: float) -> dict:
     """Draw an object's attributes; rare compositions are kept with prob `rare_keep`."""

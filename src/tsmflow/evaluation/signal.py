@@ -167,6 +167,34 @@ def binding_summary(detections: list[list[dict]], prompts: list[str], categories
     return out
 
 
+COUNT_OUTCOMES = ("fewer", "as_many", "more")
+
+
+def count_summary(detections: list[list[dict]], prompts: list[str], categories: list[str]) -> dict:
+    """Rung 4c, per category: does an image hold the objects its prompt names? Shares of images with fewer, as
+    many, or more detections than named objects; and `one_noun`: the share whose detections carry exactly one of
+    the prompt's (always distinct) nouns, so the others were dropped or drawn as copies of it."""
+    if not len(detections) == len(prompts) == len(categories):
+        raise ValueError(f"{len(detections)} images, {len(prompts)} prompts, {len(categories)} categories")
+    rows = []
+    for prompt, cat, dets in zip(prompts, categories, detections):
+        objects = G.parse(prompt).objects
+        n, k = len(objects), len(dets)
+        found = {argmax_label(d, "shape") for d in dets} & {o["shape"] for o in objects}
+        rows.append({"category": cat, "count": "fewer" if k < n else "as_many" if k == n else "more",
+                     "one_noun": len(found) == 1})
+    df = pd.DataFrame(rows)
+    return {cat: {"n_images": int(len(g)), "one_noun": float(g["one_noun"].mean()),
+                  **{o: float((g["count"] == o).mean()) for o in COUNT_OUTCOMES}}
+            for cat, g in df.groupby("category", sort=False)}
+
+
+def rare_split(scores: pd.DataFrame, rare_pairs: set[tuple[str, str]], value: str = "score") -> dict:
+    """category_summary of the prompts that ask for a rare composition and of those that do not."""
+    rare = scores["prompt"].map(lambda p: G.asks_rare(G.parse(p), rare_pairs))
+    return {"rare": category_summary(scores[rare], value), "common": category_summary(scores[~rare], value)}
+
+
 @torch.no_grad()
 def text_binding_probe(tokenizer, text_encoder, attr: str = "color", seed: int = 0) -> dict:
     """Does the text encoder bind an attribute to its noun? Over every prompt "a X1 S1 and a X2 S2"
