@@ -117,6 +117,11 @@ def fmt(m: dict, pct: bool = False) -> str:
     return f"{k * m['mean']:.1f} ± {k * m['se']:.1f}"
 
 
+def section(title: str, prose: str, columns: list[str]) -> list[str]:
+    """A markdown section's heading, prose and table head."""
+    return ["", f"### {title}", "", prose, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def markdown(records: dict) -> str:
     lines = ["# Signal ladder", "",
              "Where composition is lost between the renderer and a CompBench-mini score. Made by "
@@ -165,14 +170,14 @@ def markdown(records: dict) -> str:
                 lines.append(f"| {name} | {binding} | " + " | ".join(fmt(cats[c]) for c in CATEGORIES)
                              + f" | {fmt(cats['mean'])} | {cats['mean']['n_images']} |")
         if any("binding" in b for b in r["backbones"].values()):
-            lines += ["", "### Rung 4b: why multi-object prompts fail", "",
-                      "Each stated colour, texture or size of a phrase whose value another phrase of the prompt "
-                      "does not share (%): the most confident detection of the phrase's noun carries it (bound), "
-                      "carries the other phrase's value (swapped: leakage), another value (other), or the noun "
-                      "was not found (missing). `swapped | wrong`: swapped among wrong values, against what a "
-                      "random wrong value gives.", "",
-                      "| backbone | category | " + " | ".join(BINDING_OUTCOMES) + " | swapped \\| wrong (random) | "
-                      "all nouns found | detections/image | phrases | images |", "|" + "---|" * 11]
+            lines += section(
+                "Rung 4b: why multi-object prompts fail",
+                "Each stated colour, texture or size of a phrase whose value another phrase of the prompt does not "
+                "share (%): the most confident detection of the phrase's noun carries it (bound), carries the other "
+                "phrase's value (swapped: leakage), another value (other), or the noun was not found (missing). "
+                "`swapped | wrong`: swapped among wrong values, against what a random wrong value gives.",
+                ["backbone", "category", *BINDING_OUTCOMES, "swapped \\| wrong (random)", "all nouns found",
+                 "detections/image", "phrases", "images"])
             for name, b in r["backbones"].items():
                 for cat, w in b.get("binding", {}).items():
                     lines.append(f"| {name} | {cat} | " + " | ".join(f"{100 * w[o]:.1f}" for o in BINDING_OUTCOMES)
@@ -180,13 +185,14 @@ def markdown(records: dict) -> str:
                                  f"{100 * w['all_nouns_found']:.0f} | {w['mean_detections']:.2f} | "
                                  f"{w['n_contested']} | {w['n_images']} |")
         if any("counts" in b for b in r["backbones"].values()):
-            lines += ["", "### Rung 4c: does an image hold the prompt's objects?", "",
-                      "Images with fewer, as many, or more detections than the prompt names (%); `one noun`: "
-                      "images whose detections carry only one of the prompt's distinct nouns, the others dropped "
-                      "or drawn as copies of it; then the strict score (%) of the prompts that ask for a "
-                      "composition pre-training makes rare (`data.rare_pairs`) and of the others.", "",
-                      "| backbone | category | " + " | ".join(COUNT_OUTCOMES) + " | one noun | images | "
-                      "strict: common prompts | strict: rare prompts |", "|" + "---|" * 9]
+            lines += section(
+                "Rung 4c: does an image hold the prompt's objects?",
+                "Images with fewer, as many, or more detections than the prompt names (%); `one noun`: images whose "
+                "detections carry only one of the prompt's distinct nouns, the others dropped or drawn as copies of "
+                "it; then the strict score (%) of the prompts that ask for a composition pre-training makes rare "
+                "(`data.rare_pairs`) and of the others.",
+                ["backbone", "category", *COUNT_OUTCOMES, "one noun", "images", "strict: common prompts",
+                 "strict: rare prompts"])
             for name, b in r["backbones"].items():
                 split = b.get("rare_split", {})
                 for cat, c in b.get("counts", {}).items():
