@@ -272,7 +272,8 @@ def main() -> None:
            "text_probe": {a: text_binding_probe(*text_encoder(res / "models/text_encoder"), a) for a in ("color", "texture")},
            "backbones": {}}
     n_pp = args.images_per_prompt or cfg["evaluation"]["images_per_prompt"]
-    for name in args.backbones or list(cfg["backbones"]):
+    # the class-conditional cdit takes class labels, not CompBench-mini prompts
+    for name in args.backbones or [b for b in cfg["backbones"] if b != "cdit"]:
         bb = load_mini_backbone(name, res / "models/base" / name, res / "models/vae", res / "models/text_encoder")
         rec["backbones"][name] = backbone_rungs(bb, evaluator, cfg, prompts, args.single_per_prompt, n_pp)
         print(name, json.dumps(rec["backbones"][name]["compbench"]["product"]["mean"]), flush=True)
