@@ -188,9 +188,9 @@ def markdown(records: dict) -> str:
             lines += section(
                 "Rung 4c: does an image hold the prompt's objects?",
                 "Images with fewer, as many, or more detections than the prompt names (%); `one noun`: images whose "
-                "detections carry only one of the prompt's distinct nouns, the others dropped or drawn as copies of "
-                "it; then the strict score (%) of the prompts that ask for a composition pre-training makes rare "
-                "(`data.rare_pairs`) and of the others.",
+                "detections carry only one of the prompt's distinct nouns, the others dropped, copied or drawn as "
+                "another shape; then the strict score (%) of the prompts that ask for a composition pre-training "
+                "makes rare (`data.rare_pairs`) and of the others.",
                 ["backbone", "category", *COUNT_OUTCOMES, "one noun", "images", "strict: common prompts",
                  "strict: rare prompts"])
             for name, b in r["backbones"].items():

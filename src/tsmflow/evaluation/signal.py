@@ -173,7 +173,7 @@ COUNT_OUTCOMES = ("fewer", "as_many", "more")
 def count_summary(detections: list[list[dict]], prompts: list[str], categories: list[str]) -> dict:
     """Rung 4c, per category: does an image hold the objects its prompt names? Shares of images with fewer, as
     many, or more detections than named objects; and `one_noun`: the share whose detections carry exactly one of
-    the prompt's (always distinct) nouns, so the others were dropped or drawn as copies of it."""
+    the prompt's (always distinct) nouns: the others were dropped, or drawn as a copy of it or as another shape."""
     if not len(detections) == len(prompts) == len(categories):
         raise ValueError(f"{len(detections)} images, {len(prompts)} prompts, {len(categories)} categories")
     rows = []
