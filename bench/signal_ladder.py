@@ -195,7 +195,8 @@ def markdown(records: dict) -> str:
                  "strict: rare prompts"])
             for name, b in r["backbones"].items():
                 split = b.get("rare_split", {})
-                for cat, c in b.get("counts", {}).items():
+                counts = b.get("counts", {})
+                for cat, c in ((cat, counts[cat]) for cat in CATEGORIES if cat in counts):
                     common, rare = (fmt(split[k][cat]) + f" ({split[k][cat]['n_prompts']})"
                                     if cat in split.get(k, {}) else "-" for k in ("common", "rare"))
                     lines.append(f"| {name} | {cat} | " + " | ".join(f"{100 * c[o]:.0f}" for o in COUNT_OUTCOMES)
