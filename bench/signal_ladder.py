@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 import yaml
 
+from tsmflow.data.classes import CLASS_ARCHS
 from tsmflow.data.grammar import CATEGORIES, parse, parse_rare_pairs
 from tsmflow.data.io import read_prompts, write_json
 from tsmflow.evaluation.compbench import score_spec
@@ -273,8 +274,8 @@ def main() -> None:
            "text_probe": {a: text_binding_probe(*text_encoder(res / "models/text_encoder"), a) for a in ("color", "texture")},
            "backbones": {}}
     n_pp = args.images_per_prompt or cfg["evaluation"]["images_per_prompt"]
-    # the class-conditional cdit takes class labels, not CompBench-mini prompts
-    for name in args.backbones or [b for b in cfg["backbones"] if b != "cdit"]:
+    # the class-conditional backbones take class labels, not CompBench-mini prompts
+    for name in args.backbones or [b for b in cfg["backbones"] if b not in CLASS_ARCHS]:
         bb = load_mini_backbone(name, res / "models/base" / name, res / "models/vae", res / "models/text_encoder")
         rec["backbones"][name] = backbone_rungs(bb, evaluator, cfg, prompts, args.single_per_prompt, n_pp)
         print(name, json.dumps(rec["backbones"][name]["compbench"]["product"]["mean"]), flush=True)
