@@ -3,6 +3,8 @@
 Needs the foundation of a run (render, VAE, text encoder, evaluator, base models):
     .venv/bin/snakemake --cores 2 results/evaluator/validation.json results/models/base/{unet,dit,mmdit}
     .venv/bin/python bench/signal_ladder.py --label after [--config config/config.yaml] [--backbones unet dit mmdit]
+Rung 5b on an existing label (sampling BASE and TUNED runs the workflow trained on the training prompts):
+    .venv/bin/python bench/signal_ladder.py --label LABEL --keep --train-effect base_unet:lora_unet
 Each label's record is kept in bench/results/signal_ladder.json (a rerun replaces only its own label),
 and bench/results/signal_ladder.md is rewritten from all of them.
 """
@@ -21,7 +23,7 @@ import yaml
 
 from tsmflow.data.classes import CLASS_ARCHS
 from tsmflow.data.grammar import CATEGORIES, parse, parse_rare_pairs
-from tsmflow.data.io import read_prompts, write_json
+from tsmflow.data.io import read_labels, read_prompts, write_json
 from tsmflow.evaluation.compbench import score_spec
 from tsmflow.evaluation.evaluator import ATTRS, DEFAULT_N_OBJECTS_P, detect, load_evaluator, render_scenes
 from tsmflow.evaluation.fid import bootstrap_fid, folder_features, load_stats
@@ -31,6 +33,7 @@ from tsmflow.evaluation.signal import (BINDING_OUTCOMES, COUNT_OUTCOMES, binding
                                        text_binding_probe)
 from tsmflow.evaluation.validation import DEFAULT_VALIDATION, control_report, detection_report, junk_report
 from tsmflow.models.backbone import load_mini_backbone
+from tsmflow.runs import load_run
 from tsmflow.sampling.sample import generate
 from tsmflow.training.vae import load_vae, reconstruct
 from tsmflow.reporting.publish import git_commit
@@ -64,6 +67,25 @@ def evaluator_rungs(evaluator, vae, cfg, prompts, res) -> dict:
     return out
 
 
+def compbench_rows(bb, evaluator, cfg, prompts: dict, n_per_prompt: int, bindings=("product", "mean")):
+    """CompBench-mini scores of `bb` on `prompts` (category -> prompts): a score row per image and binding, and the
+    images' detections, prompts and categories (read once by every diagnosis)."""
+    s, ev = cfg["sampling"], cfg["evaluation"]
+    rows, all_dets, all_prompts, all_cats = [], [], [], []
+    for cat in CATEGORIES:
+        jobs = [(p, i) for p in prompts[cat] for i in range(n_per_prompt)]
+        x = generate(bb, [p for p, _ in jobs], [ev["seed"] + i for _, i in jobs], s["steps"], s["guidance_scale"],
+                     solver=s.get("solver", "first_order"), progress=False)
+        dets = detect(evaluator, x)
+        for binding in bindings:
+            rows += [{"category": cat, "prompt": p, "binding": binding,
+                      "score": 100 * score_spec(parse(p), d, cat, binding)} for (p, _), d in zip(jobs, dets)]
+        all_dets += dets
+        all_prompts += [p for p, _ in jobs]
+        all_cats += [cat] * len(jobs)
+    return pd.DataFrame(rows), all_dets, all_prompts, all_cats
+
+
 def backbone_rungs(bb, evaluator, cfg, prompts, n_single: int, n_per_prompt: int) -> dict:
     s, ev = cfg["sampling"], cfg["evaluation"]
     t0 = time.perf_counter()
@@ -73,20 +95,7 @@ def backbone_rungs(bb, evaluator, cfg, prompts, n_single: int, n_per_prompt: int
                     solver=s.get("solver", "first_order"))
     single = single_object_summary(single_object_table(evaluator, imgs, items))
     stats = image_statistics(imgs)
-    rows, all_dets, all_prompts, all_cats = [], [], [], []
-    for cat in CATEGORIES:
-        jobs = [(p, i) for p in prompts[cat] for i in range(n_per_prompt)]
-        x = generate(bb, [p for p, _ in jobs], [ev["seed"] + i for _, i in jobs], s["steps"], s["guidance_scale"],
-                     solver=s.get("solver", "first_order"),
-                     progress=False)
-        dets = detect(evaluator, x)  # once: both scores and the binding diagnosis read them
-        for binding in ("product", "mean"):
-            rows += [{"category": cat, "prompt": p, "binding": binding,
-                      "score": 100 * score_spec(parse(p), d, cat, binding)} for (p, _), d in zip(jobs, dets)]
-        all_dets += dets
-        all_prompts += [p for p, _ in jobs]
-        all_cats += [cat] * len(jobs)
-    df = pd.DataFrame(rows)
+    df, all_dets, all_prompts, all_cats = compbench_rows(bb, evaluator, cfg, prompts, n_per_prompt)
     cats = {b: category_summary(df[df["binding"] == b]) for b in ("product", "mean")}
     bind = [k for k, c in enumerate(all_cats) if c in BINDING_CATEGORIES]
     why = binding_summary(*([x[k] for k in bind] for x in (all_dets, all_prompts, all_cats)))
@@ -95,6 +104,29 @@ def backbone_rungs(bb, evaluator, cfg, prompts, n_single: int, n_per_prompt: int
     return {"single_object": single, "sample_image_stats": stats, "compbench": cats, "binding": why,
             "counts": counts, "rare_split": rare,
             "n_single_per_prompt": n_single, "images_per_prompt": n_per_prompt, "wall_s": time.perf_counter() - t0}
+
+
+def train_prompt_rungs(evaluator, cfg, config_path: Path, res: Path, pairs: list[str], n_per_prompt: int) -> dict:
+    """Rung 5b: does fine-tuning learn the prompts of its own data? BASE:TUNED runs, both sampled on the training
+    prompts GORS drew its images from, strict score; the paired effect over all of them and over those with at
+    least one kept GORS image (what the tuned model saw a correct-enough example of) and those without."""
+    t0, scored, out = time.perf_counter(), {}, {}
+    train = {c: read_prompts(res / f"data/compbench/{c}_train.txt") for c in CATEGORIES}
+    for pair in pairs:
+        for run in pair.split(":"):
+            if run not in scored:
+                bb = load_run(config_path, run, res.parent)
+                scored[run] = compbench_rows(bb, evaluator, cfg, train, n_per_prompt, ("product",))[0]
+        base, tuned = (scored[r] for r in pair.split(":"))
+        backbone = cfg["runs"][pair.split(":")[1]]["backbone"]
+        seen = {r["caption"] for r in read_labels(res / f"gors/{backbone}/labels.jsonl")}
+        split = {"all": paired_effect(base, tuned)}
+        for name, keep in (("seen", True), ("unseen", False)):
+            b, t = (d[d["prompt"].isin(seen) == keep] for d in (base, tuned))
+            split[name] = paired_effect(b, t)
+        out[pair] = split
+    return {"pairs": out, "images_per_prompt": n_per_prompt, "commit": git_commit(ROOT),
+            "wall_s": time.perf_counter() - t0}
 
 
 def effect_rungs(evaluator, res: Path, effects: list[str], fid_effects: list[str]) -> dict:
@@ -228,6 +260,21 @@ def markdown(records: dict) -> str:
                 lines += [f"| {pair} | {f['n']} | {f['fid']:.2f} ± {f['se']:.2f} | {f['fid_other']:.2f} ± "
                           f"{f['se_other']:.2f} | {f['diff']:+.2f} ± {f['se_diff']:.2f} | {f['z']:.1f} |"
                           for pair, f in eff["fid"].items()]
+        tr = r.get("train_effects", {})
+        if tr.get("pairs"):
+            lines += section(
+                "Rung 5b: does fine-tuning learn the prompts of its own data?",
+                f"Base and tuned runs sampled on CompBench-mini's training prompts, the ones GORS drew the tuned "
+                f"run's images from ({tr['images_per_prompt']} images per prompt, evaluation seeds), strict score "
+                f"(%): tuned minus base, paired by prompt and seed. `seen`: prompts with at least one kept GORS "
+                f"image; `unseen`: the rest. Commit {tr['commit']}, {tr['wall_s']:.0f} s.",
+                ["base:tuned", "prompts", *CATEGORIES, "mean (base → tuned)", "z", "n prompts"])
+            for pair, split in tr["pairs"].items():
+                for name, d in split.items():
+                    lines.append(f"| {pair} | {name} | " + " | ".join(
+                        f"{d[c]['diff']:+.1f} ± {d[c]['se']:.1f} ({d[c]['n_prompts']})" if c in d else "-"
+                        for c in CATEGORIES) + f" | {d['mean']['base']:.1f} → {d['mean']['tuned']:.1f} | "
+                        f"{d['mean']['z']:.1f} | {d['mean']['n_prompts']} |")
         lines += ["", "Image statistics (pixel units in [0, 1]): mean gradient magnitude / high-pass std.", "",
                   "| images | n | gradient | high-pass std | high-pass p90 |", "|---|---|---|---|---|"]
         rows = [("renders", e["renders"]["image_stats"]), ("reconstructions", e["reconstructions"]["image_stats"])]
@@ -250,6 +297,9 @@ def main() -> None:
     ap.add_argument("--note", default="")
     ap.add_argument("--effect", nargs="*", default=[], help="BASE:TUNED runs with compbench_scores.csv")
     ap.add_argument("--fid-effect", nargs="*", default=[], help="BASE:TUNED runs with fid_samples/")
+    ap.add_argument("--train-effect", nargs="*", default=[],
+                    help="BASE:TUNED runs to sample on the GORS training prompts (rung 5b)")
+    ap.add_argument("--train-images-per-prompt", type=int, default=4)
     ap.add_argument("--keep", action="store_true", help="reuse this label's stored rungs 1-4, add rung 5")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -263,6 +313,8 @@ def main() -> None:
     if args.keep:
         rec = records[args.label]
         rec["effects"] = effect_rungs(evaluator, res, args.effect, args.fid_effect)
+        rec["train_effects"] = train_prompt_rungs(evaluator, cfg, ROOT / args.config, res, args.train_effect,
+                                                  args.train_images_per_prompt)
         write_json(path, records)
         OUT.with_suffix(".md").write_text(markdown(records))
         print(markdown({args.label: rec}))
@@ -280,6 +332,8 @@ def main() -> None:
         rec["backbones"][name] = backbone_rungs(bb, evaluator, cfg, prompts, args.single_per_prompt, n_pp)
         print(name, json.dumps(rec["backbones"][name]["compbench"]["product"]["mean"]), flush=True)
     rec["effects"] = effect_rungs(evaluator, res, args.effect, args.fid_effect)
+    rec["train_effects"] = train_prompt_rungs(evaluator, cfg, ROOT / args.config, res, args.train_effect,
+                                              args.train_images_per_prompt)
     rec["wall_s"] = time.perf_counter() - t0
     records[args.label] = rec
     write_json(path, records)
