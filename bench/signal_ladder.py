@@ -313,8 +313,9 @@ def main() -> None:
     if args.keep:
         rec = records[args.label]
         rec["effects"] = effect_rungs(evaluator, res, args.effect, args.fid_effect)
-        rec["train_effects"] = train_prompt_rungs(evaluator, cfg, ROOT / args.config, res, args.train_effect,
-                                                  args.train_images_per_prompt)
+        if args.train_effect:  # a --keep run without it leaves a stored rung 5b as it is
+            rec["train_effects"] = train_prompt_rungs(evaluator, cfg, ROOT / args.config, res, args.train_effect,
+                                                      args.train_images_per_prompt)
         write_json(path, records)
         OUT.with_suffix(".md").write_text(markdown(records))
         print(markdown({args.label: rec}))
